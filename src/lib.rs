@@ -1,0 +1,125 @@
+//! Python's [`contextlib.AsyncExitStack`](https://docs.python.org/3/library/contextlib.html#contextlib.AsyncExitStack),
+//! done right for Rust and tokio.
+//!
+//! # The problem
+//!
+//! A tokio task acquires resources one by one: a connection, a file, a
+//! permit. Each needs an *async* release (flush the file, shut the
+//! connection down cleanly), in reverse order, even when something failed
+//! half way, and the release itself can fail. Rust's `Drop` cannot await,
+//! and tokio cancels a future by dropping it, at any `.await`: a timed-out
+//! request, a lost `select!` branch, a panic. Hand-written cleanup loses
+//! buffered bytes, resets peers, and silently skips whole cleanups.
+//!
+//! # The answer
+//!
+//! An [`AsyncExitStack`] collects any mix of resources as the task acquires
+//! them, lends each back for use, and releases them newest first with one
+//! [`aclose`](AsyncExitStack::aclose)`().await`. Each exit is told what
+//! went wrong and may suppress it; no error is ever lost ([`Error`] keeps
+//! them all, newest first). And what Python cannot do: a stack dropped
+//! without `aclose` still runs its cleanup, in one background task, and
+//! [`drain`] lets `main` wait for those tasks before it returns.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::sync::Arc;
+//! use tokio::io::AsyncWriteExt;
+//! use tokio::net::{TcpListener, TcpStream};
+//! use tokio::sync::Semaphore;
+//! use tokio_exit_stack::{acquire, AsyncExitStack};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let limit = Arc::new(Semaphore::new(1));
+//! let log = tempfile::NamedTempFile::new()?;
+//!
+//! let mut stack = AsyncExitStack::new();
+//! let _permit = stack.enter_async_context(limit.clone()).await?; // acquires
+//! let conn = stack
+//!     .enter_async_context(acquire(TcpStream::connect(listener.local_addr()?)))
+//!     .await?;
+//! let file = stack
+//!     .enter_async_context(acquire(tokio::fs::File::create(log.path())))
+//!     .await?;
+//! conn.write_all(b"ping").await?; // both in use at once
+//! file.write_all(b"sent ping").await?;
+//! assert_eq!(limit.available_permits(), 0);
+//!
+//! stack.aclose().await?; // file flushed, connection shut down, permit released
+//! assert_eq!(limit.available_permits(), 1);
+//! assert_eq!(std::fs::read(log.path())?, b"sent ping");
+//! # Ok(()) }
+//! ```
+//!
+//! # From Python to Rust
+//!
+//! | Python `AsyncExitStack` | This crate |
+//! |---|---|
+//! | `AsyncExitStack()` | [`AsyncExitStack::new`] |
+//! | `async with AsyncExitStack() as stack:` | [`scope`]`(async \|stack\| { ... })` |
+//! | `await stack.enter_async_context(cm)` | [`enter_async_context`](AsyncExitStack::enter_async_context)`(cm)` (any [`AsyncEnter`]; [`acquire`] wraps a future) |
+//! | `stack.enter_context(cm)` | [`enter_context`](AsyncExitStack::enter_context)`(value)`: cleanup is `Drop` |
+//! | `stack.push_async_exit(fn)` | [`push_async_exit`](AsyncExitStack::push_async_exit)`(\|pending\| async { ... })` |
+//! | `stack.push(fn)` | [`push_exit`](AsyncExitStack::push_exit)`(\|pending\| ...)` |
+//! | `stack.push_async_callback(fn, *args)` | [`push_async_callback`](AsyncExitStack::push_async_callback)`(move \|\| async move { ... })` |
+//! | `stack.callback(fn, *args)` | [`callback`](AsyncExitStack::callback)`(move \|\| ...)` |
+//! | `stack.pop_all()` | [`pop_all`](AsyncExitStack::pop_all) |
+//! | `await stack.aclose()` | [`aclose`](AsyncExitStack::aclose)`().await` |
+//! | `__aexit__` returns `True` | an exit returns [`Flow::Suppress`] |
+//! | exception passed to `__aexit__` | [`Pending`] |
+//! | `ExceptionGroup` / `__context__` chain | [`Error`]: every error, newest first |
+//! | — | a dropped stack cleans up in the background; [`drain`] waits for it |
+//!
+//! # Ownership
+//!
+//! The stack owns every resource, so it can release it even from `Drop`;
+//! registration takes `&self` and lends back `&mut Resource`, so several
+//! resources are in use at once and a future holding the stack is `Send`.
+//! `aclose` takes `&mut self`, so the borrow checker proves no resource is
+//! in use while it is released. The reasoning is written out in the
+//! `stack` module's source; the few lines of `unsafe` it takes live in
+//! `owned.rs`, checked by Miri.
+//!
+//! # Implementing your own resource
+//!
+//! Implement [`AsyncExit`] (with [`macro@async_trait`]); it then also enters as
+//! itself. See the trait's docs.
+//!
+//! # Observability
+//!
+//! Every unwind is a `tracing` span `unwind` (site, entry count, reason:
+//! aclose, scope end, drop, cancel) with a child span `exit` per entry
+//! (resource, outcome, duration). Failed cleanups and timeouts are WARN
+//! events, panics and cleanups that could not run are ERROR events, and a
+//! stack dropped without `aclose` is a WARN event naming where it was
+//! created. Run `cargo run --example tracing` to see it.
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+mod background;
+mod entry;
+mod error;
+mod owned;
+mod resources;
+mod stack;
+mod traits;
+mod unwind;
+
+pub use async_trait::async_trait;
+#[cfg(feature = "rt")]
+pub use resources::TaskError;
+#[cfg(any(feature = "net", feature = "io-util"))]
+pub use resources::{DRAIN_LIMIT, DRAIN_TIMEOUT};
+
+/// File exits: [`Durable`](fs::Durable), a file that is synced to disk at
+/// exit. (`tokio::fs::File` itself implements [`AsyncExit`] directly.)
+#[cfg(feature = "fs")]
+pub mod fs {
+    pub use crate::resources::fs::Durable;
+}
+pub use background::{DrainReport, background_tasks, drain};
+pub use error::{AbandonCause, Abandoned, BoxError, Error, PanicError, ResourceError, TimeoutError};
+pub use stack::{AsyncExitStack, EntryBuilder, scope};
+pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, acquire};

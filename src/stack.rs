@@ -1,0 +1,499 @@
+//! [`AsyncExitStack`], its per-entry [`EntryBuilder`], and [`scope`].
+//!
+//! # Ownership: why `&self` hands out `&mut T`
+//!
+//! The stack must own every resource (so that it can release it from
+//! `aclose`, or from `Drop` when the owning future is cancelled), while the
+//! caller uses several of them at once, in a `Send` future. The stack is
+//! therefore an *arena*: each registration moves the resource into its own
+//! heap allocation, records it in the LIFO vector, and returns
+//! `&'s mut T`, where `'s` is a shared borrow of the stack. Several such
+//! borrows coexist (read one connection while writing a file entered
+//! later), and the borrow checker proves that none of them is alive when
+//! the stack releases anything, because releasing needs `&mut self`
+//! (`aclose`, `pop_all`) or ownership (`Drop`).
+//!
+//! The alternatives were weighed and rejected:
+//! * handles with a lock (`Arc<Mutex<T>>`): a lock on every use, and an
+//!   `aclose` that must wait for, or race with, handles still in use;
+//! * leases returned to the stack on drop: a lease still alive at `aclose`
+//!   (moved into a task, say) is either a deadlock or a cleanup skipped;
+//! * `&mut self` registration: only one resource usable at a time.
+//!
+//! The cost is a few lines of `unsafe` in `owned.rs`, with the soundness
+//! argument written there and checked by Miri.
+//!
+//! Registration takes `&self`, so the entry vector sits behind a
+//! `std::sync::Mutex` (uncontended: one atomic swap per registration; it is
+//! never held across an `.await`). That is what makes `&AsyncExitStack`,
+//! and so a future holding it, `Send`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::mem;
+use std::panic::Location;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+
+use crate::background;
+use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, Entry, Exit, ExitFn, Options, SyncExit};
+use crate::error::{AbandonCause, BoxError, Error};
+use crate::owned;
+use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
+use crate::unwind::{Mode, Reason, Unwind};
+
+/// A LIFO stack of async cleanups: Python's `contextlib.AsyncExitStack`
+/// for tokio.
+///
+/// Register resources as you acquire them; use them through the `&mut`
+/// each registration returns; release them all, newest first, with one
+/// [`aclose`](Self::aclose). Each exit is told the pending error and may
+/// suppress it; every error that is not suppressed is kept in the
+/// returned [`Error`].
+///
+/// If the stack is dropped while it still holds entries (a cancelled
+/// future, a panic, a forgotten `aclose`), its cleanup still runs, in one
+/// background task on the runtime the stack was created on, and a WARN
+/// event names where the stack was created. [`drain`](crate::drain) waits
+/// for those tasks before `main` returns.
+///
+/// Prefer [`scope`] when the stack's life is one block: it cannot forget
+/// `aclose`, and it hands the block's error to the exits.
+///
+/// # Costs
+///
+/// `new` allocates nothing. Each registration moves the resource (or
+/// closure) into one heap allocation and pushes it on a vector; unwinding
+/// an async entry allocates its exit future. A dropped stack spawns one
+/// task, whatever its number of entries.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use tokio::io::AsyncWriteExt;
+/// use tokio_exit_stack::{acquire, AsyncExitStack};
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut stack = AsyncExitStack::new();
+/// let a = stack.enter_async_context(acquire(tokio::fs::File::create(dir.path().join("a")))).await?;
+/// let b = stack.enter_async_context(acquire(tokio::fs::File::create(dir.path().join("b")))).await?;
+/// stack.callback(|| println!("released last"));
+/// a.write_all(b"both files are in use at once").await?;
+/// b.write_all(b"and flushed on aclose").await?;
+/// stack.aclose().await?; // b flushed, then a, then the callback runs
+/// # Ok(()) }
+/// ```
+pub struct AsyncExitStack {
+    /// Registered entries; the newest is last.
+    entries: Mutex<Vec<Entry>>,
+    /// The runtime the stack was created on, for background cleanup.
+    handle: Option<Handle>,
+    site: &'static Location<'static>,
+    unwind_timeout: Option<Duration>,
+}
+
+impl AsyncExitStack {
+    /// An empty stack, bound to the current tokio runtime if there is one.
+    ///
+    /// Remembers where it was created (`#[track_caller]`) for tracing
+    /// output, and the current runtime (if any) for background cleanup.
+    /// Allocates nothing.
+    #[track_caller]
+    pub fn new() -> Self {
+        Self::with_site(Location::caller())
+    }
+
+    fn with_site(site: &'static Location<'static>) -> Self {
+        Self {
+            entries: Mutex::new(Vec::new()),
+            handle: Handle::try_current().ok(),
+            site,
+            unwind_timeout: None,
+        }
+    }
+
+    /// Where this stack was created.
+    pub fn site(&self) -> &'static Location<'static> {
+        self.site
+    }
+
+    /// The number of entries registered and not yet unwound.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// `true` when the stack holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Gives every later unwind of this stack (by `aclose`, a scope's end,
+    /// or in the background) a deadline `timeout` after it starts (S19).
+    /// The entry running at the deadline is abandoned with a
+    /// [`TimeoutError`](crate::TimeoutError), and each later entry gets one
+    /// poll to finish (enough for a permit or a guard) before it is
+    /// abandoned too. `None` removes the deadline.
+    ///
+    /// Needs the runtime's time driver (`enable_time`, on by default with
+    /// `#[tokio::main]`).
+    pub fn set_unwind_timeout(&mut self, timeout: Option<Duration>) {
+        self.unwind_timeout = timeout;
+    }
+
+    /// Options for the next registration: a label, a timeout.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// let mut stack = tokio_exit_stack::AsyncExitStack::new();
+    /// stack
+    ///     .entry()
+    ///     .label("flush audit log")
+    ///     .timeout(Duration::from_secs(1))
+    ///     .push_async_callback(|| async { /* ... */ });
+    /// stack.aclose().await.unwrap();
+    /// # }
+    /// ```
+    pub fn entry(&self) -> EntryBuilder<'_> {
+        EntryBuilder {
+            stack: self,
+            options: Options::default(),
+        }
+    }
+
+    /// Enters `cm` (runs its [`AsyncEnter::enter`] once), registers the
+    /// resulting resource's exit, and lends the resource to the caller
+    /// (S1). If the enter fails, nothing is registered and its error comes
+    /// back unchanged (S2).
+    ///
+    /// Costs the enter itself plus one allocation for the resource.
+    pub async fn enter_async_context<C: AsyncEnter>(&self, cm: C) -> Result<&mut C::Resource, C::Error> {
+        self.entry().enter_async_context(cm).await
+    }
+
+    /// Registers `value`, whose cleanup is its `Drop` (a permit, a guard, a
+    /// temporary directory), in the same LIFO order as every other entry,
+    /// and lends it to the caller (S3).
+    pub fn enter_context<T: Send + 'static>(&self, value: T) -> &mut T {
+        self.entry().enter_context(value)
+    }
+
+    /// Registers an async exit closure: at unwind it is given the pending
+    /// error and returns whether to suppress it, or a new error (S4).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tokio_exit_stack::{AsyncExitStack, Flow};
+    /// let mut stack = AsyncExitStack::new();
+    /// stack.push_async_exit(|pending| async move {
+    ///     if pending.is_err() { /* roll back */ }
+    ///     Ok::<_, std::io::Error>(Flow::Propagate)
+    /// });
+    /// stack.aclose().await.unwrap();
+    /// # }
+    /// ```
+    pub fn push_async_exit<F, Fut, E>(&self, exit: F)
+    where
+        F: FnOnce(Pending) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Flow, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.entry().push_async_exit(exit);
+    }
+
+    /// Registers a synchronous exit closure; like
+    /// [`push_async_exit`](Self::push_async_exit), but it runs inline.
+    pub fn push_exit<F, E>(&self, exit: F)
+    where
+        F: FnOnce(&Pending) -> Result<Flow, E> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.entry().push_exit(exit);
+    }
+
+    /// Registers an async callback: it is told nothing and cannot suppress;
+    /// it may return `()` or `Result<(), E>`.
+    pub fn push_async_callback<F, Fut>(&self, callback: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: CallbackOutput,
+    {
+        self.entry().push_async_callback(callback);
+    }
+
+    /// Registers a synchronous callback; it runs inline at unwind.
+    pub fn callback<F, R>(&self, callback: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: CallbackOutput + 'static,
+    {
+        self.entry().callback(callback);
+    }
+
+    /// Moves every entry into a new stack and leaves this one empty and
+    /// usable (S6). The new stack unwinds them in their original order.
+    ///
+    /// Use it to keep resources past the block that acquired them: enter
+    /// them all, and once the last enter succeeded, `pop_all` hands them to
+    /// whatever will own them.
+    #[track_caller]
+    pub fn pop_all(&mut self) -> AsyncExitStack {
+        let entries = mem::take(self.entries_mut());
+        AsyncExitStack {
+            entries: Mutex::new(entries),
+            handle: self.handle.clone(),
+            site: Location::caller(),
+            unwind_timeout: self.unwind_timeout,
+        }
+    }
+
+    /// Unwinds the stack: every entry runs, newest first, one at a time,
+    /// with no pending error at the start (S8, S9). Returns `Ok` if no
+    /// error survived, else every unsuppressed error, newest first.
+    ///
+    /// An empty stack, or a second `aclose`, does nothing and returns `Ok`.
+    /// The stack is empty and reusable afterwards (S7).
+    ///
+    /// If an entry panicked, the remaining entries still run, then the
+    /// panic is resumed here (S18). If this future is dropped before it
+    /// finishes, the entries that had not finished still run, once each,
+    /// in a background task (S21).
+    pub async fn aclose(&mut self) -> Result<(), Error> {
+        self.unwind(Vec::new(), Reason::Aclose).await
+    }
+
+    async fn unwind(&mut self, chain: Vec<Arc<BoxError>>, reason: Reason) -> Result<(), Error> {
+        let entries = mem::take(self.entries_mut());
+        if entries.is_empty() && chain.is_empty() {
+            return Ok(());
+        }
+        let mut unwind = Unwind::new(
+            entries,
+            chain,
+            reason,
+            Mode::Foreground,
+            self.site,
+            self.handle.clone(),
+            self.unwind_timeout,
+        );
+        unwind.run().await;
+        unwind.finish()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        // A panic while holding this lock can only come from a failed
+        // allocation in `Vec::push`; the vector is still consistent.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn entries_mut(&mut self) -> &mut Vec<Entry> {
+        self.entries.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves `value` into its own allocation, registers it as the newest
+    /// entry, and lends it to the caller for as long as `&self` lives.
+    #[allow(unsafe_code, clippy::mut_from_ref)] // the arena design: see the module docs
+    fn register_async<T: AsyncExit>(&self, value: T, options: Options) -> &mut T {
+        // SAFETY: the borrow lives as long as `&self`, and the stack frees
+        // entries only through `&mut self` or by value (see `owned.rs`).
+        let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn AsyncExit) };
+        self.lock().push(Entry {
+            exit: Exit::Async(owner),
+            options,
+        });
+        borrow
+    }
+
+    /// [`register_async`](Self::register_async) for synchronous exits.
+    #[allow(unsafe_code, clippy::mut_from_ref)]
+    fn register_sync<T: SyncExit + 'static>(&self, value: T, options: Options) -> &mut T {
+        // SAFETY: as in `register_async`.
+        let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn SyncExit) };
+        self.lock().push(Entry {
+            exit: Exit::Sync(owner),
+            options,
+        });
+        borrow
+    }
+}
+
+impl Default for AsyncExitStack {
+    #[track_caller]
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for AsyncExitStack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncExitStack")
+            .field("entries", &self.len())
+            .field("site", &format_args!("{}", self.site))
+            .finish()
+    }
+}
+
+impl Drop for AsyncExitStack {
+    /// Never blocks, never panics (outside strict mode): the remaining
+    /// entries go to one background task (S20).
+    fn drop(&mut self) {
+        let entries = mem::take(self.entries_mut());
+        if entries.is_empty() {
+            return;
+        }
+        let panicking = std::thread::panicking();
+        tracing::warn!(
+            site = %self.site,
+            entries = entries.len(),
+            "exit stack dropped without aclose; its cleanup runs in the background",
+        );
+        let mut unwind = Unwind::new(
+            entries,
+            Vec::new(),
+            Reason::Drop,
+            Mode::Background,
+            self.site,
+            self.handle.take(),
+            self.unwind_timeout,
+        );
+        unwind.abandon(if panicking {
+            AbandonCause::Panicking
+        } else {
+            AbandonCause::Dropped
+        });
+        background::hand_off(unwind);
+    }
+}
+
+/// Options for one registration, from [`AsyncExitStack::entry`].
+///
+/// Has the same registering methods as the stack; each consumes the
+/// builder and applies its options to that one entry.
+#[must_use = "an EntryBuilder registers nothing until one of its registering methods is called"]
+pub struct EntryBuilder<'s> {
+    stack: &'s AsyncExitStack,
+    options: Options,
+}
+
+impl<'s> EntryBuilder<'s> {
+    /// Names the entry in tracing output and in the stack's own errors,
+    /// instead of its type name.
+    pub fn label(mut self, label: impl Into<Cow<'static, str>>) -> Self {
+        self.options.label = Some(label.into());
+        self
+    }
+
+    /// Abandons the entry's exit if it has not finished after `timeout`
+    /// (S19): its future, and the resource it owns, are dropped, a
+    /// [`TimeoutError`](crate::TimeoutError) naming the entry becomes the
+    /// pending error, and the next entry runs. Needs the runtime's time
+    /// driver.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// [`AsyncExitStack::enter_async_context`] with these options.
+    pub async fn enter_async_context<C: AsyncEnter>(self, cm: C) -> Result<&'s mut C::Resource, C::Error> {
+        let resource = cm.enter().await?;
+        Ok(self.stack.register_async(resource, self.options))
+    }
+
+    /// [`AsyncExitStack::enter_context`] with these options.
+    pub fn enter_context<T: Send + 'static>(self, value: T) -> &'s mut T {
+        &mut self.stack.register_sync(DropGuard(value), self.options).0
+    }
+
+    /// [`AsyncExitStack::push_async_exit`] with these options.
+    pub fn push_async_exit<F, Fut, E>(self, exit: F)
+    where
+        F: FnOnce(Pending) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Flow, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.stack.register_async(AsyncExitFn(exit, PhantomData), self.options);
+    }
+
+    /// [`AsyncExitStack::push_exit`] with these options.
+    pub fn push_exit<F, E>(self, exit: F)
+    where
+        F: FnOnce(&Pending) -> Result<Flow, E> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.stack.register_sync(ExitFn(exit, PhantomData), self.options);
+    }
+
+    /// [`AsyncExitStack::push_async_callback`] with these options.
+    pub fn push_async_callback<F, Fut>(self, callback: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: CallbackOutput,
+    {
+        self.stack.register_async(AsyncCallbackFn(callback), self.options);
+    }
+
+    /// [`AsyncExitStack::callback`] with these options.
+    pub fn callback<F, R>(self, callback: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: CallbackOutput + 'static,
+    {
+        self.stack.register_sync(CallbackFn(callback), self.options);
+    }
+}
+
+/// Runs `body` with a fresh stack, then unwinds the stack with the body's
+/// error as the pending error: the `async with AsyncExitStack() as stack:`
+/// of this crate (S10).
+///
+/// Returns `Ok(Some(value))` when the body and every exit succeeded,
+/// `Ok(None)` when the body failed but an exit suppressed its error (so
+/// there is no value), and otherwise every unsuppressed error, newest
+/// first, the body's last.
+///
+/// If the scope's future is dropped, in the body or during the unwind,
+/// every entry not yet run still runs in the background (S21).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tokio_exit_stack::Error> {
+/// use tokio::net::{TcpListener, TcpStream};
+/// use tokio::io::AsyncWriteExt;
+/// use tokio_exit_stack::{acquire, scope};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let addr = listener.local_addr().unwrap();
+/// let sent = scope(async |stack| {
+///     let conn = stack.enter_async_context(acquire(TcpStream::connect(addr))).await?;
+///     conn.write_all(b"hello").await?;
+///     Ok::<_, std::io::Error>(5)
+/// })
+/// .await?; // the connection is shut down cleanly here
+/// assert_eq!(sent, Some(5));
+/// # Ok(()) }
+/// ```
+#[track_caller]
+pub fn scope<F, T, E>(body: F) -> impl Future<Output = Result<Option<T>, Error>>
+where
+    F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, E>,
+    E: Into<BoxError>,
+{
+    let mut stack = AsyncExitStack::new();
+    async move {
+        let (value, chain) = match body(&mut stack).await {
+            Ok(value) => (Some(value), Vec::new()),
+            Err(e) => (None, vec![Arc::new(e.into())]),
+        };
+        stack.unwind(chain, Reason::ScopeEnd).await.map(|()| value)
+    }
+}

@@ -1,0 +1,262 @@
+//! The enter/exit trait pair and what an exit is told.
+//!
+//! * [`AsyncEnter`] turns something into a live resource (connect, open,
+//!   acquire). It is generic (not boxed): the caller gets the concrete
+//!   resource type back, and entering costs no allocation.
+//! * [`AsyncExit`] is the cleanup half. It is object safe: the stack stores
+//!   every entry as a `Box<dyn AsyncExit>`, so one stack holds any mix of
+//!   resources.
+//!
+//! Every `T: AsyncExit` is also `AsyncEnter` (entering it is the identity),
+//! so an already open resource is entered as it is.
+
+use std::any::type_name;
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::error::{Abandoned, BoxError};
+
+/// What an exit tells the unwinder to do with the pending error.
+///
+/// This is the return value of Python's `__aexit__`: `Propagate` is a falsy
+/// return (or a bare `raise` of the error it was given), `Suppress` a truthy
+/// one. To raise a *new* error, an exit returns `Err`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// Leave the pending error (if any) as it is; outer entries see it too.
+    Propagate,
+    /// Clear the pending error: outer entries see none, and if nothing else
+    /// fails the unwind (or scope) succeeds. Ignored when nothing is pending.
+    Suppress,
+}
+
+/// The error travelling through an unwind when an exit runs, or none.
+///
+/// An exit uses it to tell commit from rollback: [`is_ok`](Self::is_ok)
+/// when the body succeeded and every newer entry cleaned up fine;
+/// [`is_abandoned`](Self::is_abandoned) when the stack was dropped without
+/// `aclose` or its unwind was cancelled; otherwise
+/// [`error`](Self::error) says what failed.
+///
+/// `Pending` is an owned, cheap handle (`None`, or one reference-counted
+/// pointer), so an async exit may keep it across `.await`s. Cloning it costs
+/// one atomic increment when an error is pending and nothing otherwise.
+#[derive(Clone, Default)]
+pub struct Pending {
+    pub(crate) error: Option<Arc<BoxError>>,
+}
+
+impl Pending {
+    /// No error is pending: the body succeeded and so did every newer exit.
+    pub const fn none() -> Self {
+        Self { error: None }
+    }
+
+    /// A pending error, as an exit of a hand-driven unwind (or a test of an
+    /// [`AsyncExit`] implementation) would see it.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self {
+            error: Some(Arc::new(error.into())),
+        }
+    }
+
+    /// The pending error, if any. Downcast it with `downcast_ref`.
+    pub fn error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        self.error.as_deref().map(|boxed| &**boxed)
+    }
+
+    /// `true` when no error is pending (commit).
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// `true` when an error is pending (roll back).
+    pub fn is_err(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// `true` when the pending error says the scope was abandoned: the stack
+    /// was dropped without `aclose`, its unwind was cancelled, or a panic is
+    /// unwinding through it. This is the analogue of asyncio's
+    /// `CancelledError` reaching `__aexit__`.
+    pub fn is_abandoned(&self) -> bool {
+        self.downcast_ref::<Abandoned>().is_some()
+    }
+
+    /// The pending error as `E`, if it is one.
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        self.error()?.downcast_ref::<E>()
+    }
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.error() {
+            None => f.write_str("Pending(none)"),
+            Some(e) => f.debug_tuple("Pending").field(&e).finish(),
+        }
+    }
+}
+
+/// The cleanup half of a resource: what runs when the stack unwinds.
+///
+/// Implement it for your own resource types; the crate implements it for the
+/// tokio types users most often get wrong (see the crate docs' table).
+/// The stack stores exits as `Box<dyn AsyncExit>`, and calls
+/// [`exit`](Self::exit) exactly once, newest entry first, with the
+/// [`Pending`] error of that moment.
+///
+/// # Contract
+///
+/// * Return `Ok(Flow::Propagate)` after a clean release, `Ok(Flow::Suppress)`
+///   to swallow the pending error (rarely right for a resource), or `Err`
+///   when the release itself failed. Name the resource in that error: the
+///   operator reading it must know *which* connection failed to close.
+/// * `exit` may be abandoned part way (a timeout, or a runtime that shuts
+///   down): the future is then dropped, and with it the resource.
+/// * [`abandon`](Self::abandon) is the synchronous best effort used when no
+///   runtime can run `exit` at all. It must not block.
+///
+/// # Example
+///
+/// ```
+/// use tokio_exit_stack::{async_trait, AsyncExit, BoxError, Flow, Pending};
+///
+/// struct Transaction { committed: bool }
+///
+/// #[async_trait]
+/// impl AsyncExit for Transaction {
+///     async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
+///         // commit on success, roll back on any failure or abandonment
+///         self.committed = pending.is_ok();
+///         Ok(Flow::Propagate)
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait AsyncExit: Send + 'static {
+    /// Releases the resource. See the trait docs for the contract.
+    async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError>;
+
+    /// The name of the resource in tracing output and in errors the stack
+    /// raises about it (timeouts, panics). Defaults to the type name; the
+    /// resource impls of this crate add what identifies the instance (the
+    /// peer address of a connection, the pid of a child).
+    fn label(&self) -> Cow<'static, str> {
+        Cow::Borrowed(type_name::<Self>())
+    }
+
+    /// `false` when `exit` finishes on its first poll without needing a
+    /// runtime (a semaphore permit, a lock guard). A stack dropped holding
+    /// only such entries releases them inline, with no task spawned.
+    fn needs_runtime(&self) -> bool {
+        true
+    }
+
+    /// Synchronous best effort, used instead of `exit` when no runtime can
+    /// run it (the stack was dropped outside any runtime, or during runtime
+    /// shutdown). Must not block. The default just drops the resource.
+    fn abandon(self: Box<Self>) {}
+}
+
+/// The enter half: turns a value into the live resource the stack owns.
+///
+/// `enter` runs exactly once, before anything is registered; if it fails,
+/// the stack is left as it was and the caller gets `Self::Error` unchanged.
+///
+/// Every [`AsyncExit`] type enters as itself (with `Error = Infallible`).
+/// Use [`acquire`] to enter the result of a future, such as
+/// `TcpStream::connect(addr)` or `File::create(path)`.
+///
+/// Unlike [`AsyncExit`], this trait is not boxed: the caller receives the
+/// concrete `Resource` type back, and entering allocates nothing.
+pub trait AsyncEnter: Send + Sized {
+    /// The live resource the stack owns and lends to the caller.
+    type Resource: AsyncExit;
+    /// What a failed enter returns, unchanged, to the caller.
+    type Error;
+
+    /// Produces the resource.
+    fn enter(self) -> impl Future<Output = Result<Self::Resource, Self::Error>> + Send;
+}
+
+impl<T: AsyncExit> AsyncEnter for T {
+    type Resource = T;
+    type Error = Infallible;
+
+    fn enter(self) -> impl Future<Output = Result<T, Infallible>> + Send {
+        std::future::ready(Ok(self))
+    }
+}
+
+/// An [`AsyncEnter`] made from a future that produces a resource.
+///
+/// Created by [`acquire`].
+#[derive(Debug)]
+#[must_use = "an Acquire does nothing until it is entered into a stack"]
+pub struct Acquire<F>(F);
+
+/// Enters the resource a future produces: the enter *is* the future.
+///
+/// A failed future (connection refused, file not found) leaves the stack
+/// untouched and hands back its own error.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use tokio::net::{TcpListener, TcpStream};
+/// use tokio_exit_stack::{acquire, AsyncExitStack};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?;
+/// let mut stack = AsyncExitStack::new();
+/// let conn = stack.enter_async_context(acquire(TcpStream::connect(addr))).await?;
+/// assert_eq!(conn.peer_addr()?, addr);
+/// stack.aclose().await.map_err(std::io::Error::other)?;
+/// # Ok(()) }
+/// ```
+pub fn acquire<F, R, E>(future: F) -> Acquire<F>
+where
+    F: Future<Output = Result<R, E>> + Send,
+    R: AsyncExit,
+{
+    Acquire(future)
+}
+
+impl<F, R, E> AsyncEnter for Acquire<F>
+where
+    F: Future<Output = Result<R, E>> + Send,
+    R: AsyncExit,
+{
+    type Resource = R;
+    type Error = E;
+
+    fn enter(self) -> impl Future<Output = Result<R, E>> + Send {
+        self.0
+    }
+}
+
+/// What a callback may return: `()` or `Result<(), E>`.
+///
+/// Lets `stack.callback(|| println!("bye"))` and
+/// `stack.callback(|| std::fs::remove_file(path))` both work.
+pub trait CallbackOutput: Send {
+    /// The callback's outcome as the unwinder sees it.
+    fn into_result(self) -> Result<(), BoxError>;
+}
+
+impl CallbackOutput for () {
+    fn into_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError> + Send> CallbackOutput for Result<(), E> {
+    fn into_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}

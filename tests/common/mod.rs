@@ -1,0 +1,105 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Mutex};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+/// Runs one async test body on both runtime flavours (S25): generates a
+/// module with a `current_thread` and a `multi_thread` test.
+#[macro_export]
+macro_rules! both_flavours {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[$meta])*
+            #[tokio::test(flavor = "current_thread")]
+            async fn current_thread() $body
+            $(#[$meta])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn multi_thread() $body
+        }
+    };
+}
+
+/// An ordered record of what ran, shared with the entries.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn push(&self, s: impl Into<String>) {
+        self.0.lock().unwrap().push(s.into());
+    }
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+    pub fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A tracing event as a test sees it.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub level: Level,
+    pub target: String,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Captured {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<Captured>>>);
+
+impl Capture {
+    pub fn events(&self) -> Vec<Captured> {
+        self.0.lock().unwrap().clone()
+    }
+    /// Installs the capture for the current thread until the guard drops.
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::registry().with(self.clone());
+        tracing::subscriber::set_default(subscriber)
+    }
+}
+
+struct Visitor<'a>(&'a mut Captured);
+
+impl Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let v = format!("{value:?}");
+        if field.name() == "message" {
+            self.0.message = v;
+        } else {
+            self.0.fields.push((field.name().to_owned(), v));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.message = value.to_owned();
+        } else {
+            self.0.fields.push((field.name().to_owned(), value.to_owned()));
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut c = Captured {
+            level: *event.metadata().level(),
+            target: event.metadata().target().to_owned(),
+            message: String::new(),
+            fields: Vec::new(),
+        };
+        event.record(&mut Visitor(&mut c));
+        self.0.lock().unwrap().push(c);
+    }
+}
