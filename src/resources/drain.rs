@@ -11,8 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const DRAIN_LIMIT: usize = 1 << 20;
 
 /// At most this long is spent draining unread input when a stream is
-/// closed, waiting for the peer's EOF.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// closed, waiting for the peer's EOF (a "lingering close"). A peer that
+/// neither writes nor closes costs this much; one that closes costs a
+/// round trip.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Reads and discards until EOF, `DRAIN_LIMIT` bytes, or `DRAIN_TIMEOUT`.
 /// Returns how many bytes were discarded. Only an I/O error is an error.

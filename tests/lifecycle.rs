@@ -1,0 +1,233 @@
+//! What Python has no answer for: a stack dropped without `aclose` (S20),
+//! cancellation (S21), no runtime (S22), panics (S18), timeouts (S19), and
+//! both runtime flavours (S25).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Capture, Log};
+use tokio::sync::{Notify, oneshot};
+use tokio_exit_stack::{Abandoned, AsyncExitStack, BoxError, Flow, Pending, scope};
+
+/// Registers an async exit that records its name and how it was told the
+/// scope ended.
+fn record(stack: &AsyncExitStack, name: &'static str, log: &Log) {
+    let log = log.clone();
+    stack.push_async_exit(move |pending: Pending| async move {
+        tokio::task::yield_now().await;
+        let how = match pending.downcast_ref::<Abandoned>() {
+            Some(a) => format!("abandoned: {:?}", a.cause),
+            None if pending.is_err() => "error".to_owned(),
+            None => "ok".to_owned(),
+        };
+        log.push(format!("{name} {how}"));
+        Ok::<_, BoxError>(Flow::Propagate)
+    });
+}
+
+/// An entry that tells the test when it ran.
+fn signal(stack: &AsyncExitStack) -> oneshot::Receiver<()> {
+    let (tx, rx) = oneshot::channel();
+    stack.push_async_callback(move || async move {
+        let _ = tx.send(());
+    });
+    rx
+}
+
+both_flavours! {
+    async fn s20_a_dropped_stack_runs_its_entries_newest_first_in_the_background() {
+        let log = Log::default();
+        let stack = AsyncExitStack::new();
+        let done = signal(&stack);
+        for name in ["a", "b", "c"] {
+            record(&stack, name, &log);
+        }
+        drop(stack); // never blocks: nothing has run yet on current_thread
+        done.await.unwrap();
+        assert_eq!(
+            log.take(),
+            ["c abandoned: Dropped", "b abandoned: Dropped", "a abandoned: Dropped"],
+            "exits run newest first and see that the scope was abandoned"
+        );
+    }
+}
+
+both_flavours! {
+    async fn s20_a_dropped_stack_spawns_exactly_one_task_whatever_its_size() {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let before = metrics.num_alive_tasks();
+        let stack = AsyncExitStack::new();
+        let done = signal(&stack);
+        for _ in 0..100 {
+            let (gate, ran) = (gate.clone(), ran.clone());
+            stack.push_async_callback(move || async move {
+                gate.acquire().await.unwrap().forget();
+                ran.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        drop(stack);
+        assert_eq!(metrics.num_alive_tasks(), before + 1, "one task for 101 entries");
+        gate.add_permits(100);
+        done.await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 100);
+    }
+}
+
+/// The WARN event names where the stack was created.
+#[tokio::test(flavor = "current_thread")]
+async fn s20_a_dropped_stack_emits_a_warn_naming_its_creation_site() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let stack = AsyncExitStack::new();
+    let site = stack.site().to_string();
+    assert!(site.starts_with("tests/lifecycle.rs:"), "{site}");
+    let done = signal(&stack);
+    drop(stack);
+    done.await.unwrap();
+    let warn = capture
+        .events()
+        .into_iter()
+        .find(|e| e.level == tracing::Level::WARN && e.message.contains("dropped without aclose"))
+        .expect("a WARN event for the dropped stack");
+    assert_eq!(warn.field("site"), Some(site.as_str()));
+    assert_eq!(warn.field("entries"), Some("1"));
+}
+
+both_flavours! {
+    async fn s20_a_stack_dropped_while_panicking_tells_its_exits_so() {
+        let log = Log::default();
+        let (tx, rx) = oneshot::channel::<()>();
+        let l = log.clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let stack = AsyncExitStack::new();
+            stack.push_async_callback(move || async move { let _ = tx.send(()); });
+            record(&stack, "guarded", &l);
+            panic!("owner panicked");
+        }));
+        assert!(panicked.is_err());
+        rx.await.unwrap();
+        assert_eq!(log.take(), ["guarded abandoned: Panicking"]);
+    }
+}
+
+/// A drop on a plain thread outside the runtime runs the cleanup on the
+/// runtime the stack was created on: here a real TCP stream, whose exit
+/// needs that runtime's reactor.
+#[test]
+fn s20_a_drop_on_a_foreign_thread_runs_on_the_creating_runtime() {
+    for rt in [
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ] {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stack = AsyncExitStack::new();
+            let done = signal(&stack);
+            stack
+                .enter_async_context(tokio_exit_stack::acquire(tokio::net::TcpStream::connect(addr)))
+                .await
+                .unwrap();
+            let (mut server_side, _) = listener.accept().await.unwrap();
+            std::thread::spawn(move || drop(stack)).join().unwrap();
+            // The peer sees a clean EOF: the stream's exit ran on our reactor.
+            let mut buf = Vec::new();
+            let n = tokio::io::AsyncReadExt::read_to_end(&mut server_side, &mut buf)
+                .await
+                .unwrap();
+            assert_eq!(n, 0);
+            drop(server_side);
+            done.await.unwrap();
+        });
+    }
+}
+
+both_flavours! {
+    async fn s21_a_cancelled_owner_future_still_runs_every_entry_once() {
+        let log = Log::default();
+        let l = log.clone();
+        let owner = async move {
+            let stack = AsyncExitStack::new();
+            record(&stack, "first", &l);
+            record(&stack, "second", &l);
+            std::future::pending::<()>().await; // cancelled here
+            drop(stack);
+        };
+        let done_log = log.clone();
+        let result = tokio::time::timeout(Duration::from_millis(10), owner).await;
+        assert!(result.is_err(), "the owner was cancelled");
+        while done_log.get().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(log.take(), ["second abandoned: Dropped", "first abandoned: Dropped"]);
+    }
+}
+
+both_flavours! {
+    async fn s21_a_cancelled_aclose_finishes_in_the_background_without_rerunning_anything() {
+        let log = Log::default();
+        let gate = Arc::new(Notify::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut stack = AsyncExitStack::new();
+        let done = signal(&stack);
+        record(&stack, "oldest", &log);
+        {
+            let (gate, runs, log) = (gate.clone(), runs.clone(), log.clone());
+            stack.push_async_exit(move |pending: Pending| async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                log.push(format!("middle started ok={}", pending.is_ok()));
+                gate.notified().await; // aclose is cancelled while this waits
+                log.push("middle finished");
+                Ok::<_, BoxError>(Flow::Propagate)
+            });
+        }
+        record(&stack, "newest", &log);
+
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), stack.aclose()).await;
+        assert!(cancelled.is_err(), "aclose was cancelled mid-unwind");
+        assert!(stack.is_empty(), "the entries left the stack when the unwind started");
+        assert_eq!(log.get(), ["newest ok", "middle started ok=true"]);
+
+        gate.notify_one();
+        done.await.unwrap();
+        assert_eq!(
+            log.take(),
+            ["newest ok", "middle started ok=true", "middle finished", "oldest abandoned: Cancelled"],
+            "the in-flight exit resumed, not restarted; the rest ran once, told the unwind was cancelled",
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+}
+
+both_flavours! {
+    async fn s21_a_scope_cancelled_in_its_body_or_unwind_runs_every_entry_once() {
+        let log = Log::default();
+        let l = log.clone();
+        let body_cancelled = tokio::time::timeout(
+            Duration::from_millis(10),
+            scope(async |stack| {
+                record(stack, "body-entry", &l);
+                std::future::pending::<Result<(), BoxError>>().await
+            }),
+        )
+        .await;
+        assert!(body_cancelled.is_err());
+        while log.get().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(log.take(), ["body-entry abandoned: Dropped"]);
+    }
+}
