@@ -14,8 +14,12 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use crate::error::BoxError;
-use crate::owned::Owned;
+use crate::group::ExitGroup;
+use crate::owned::{self, Owned};
+use crate::stack::EntryBuilder;
 use crate::traits::{AsyncExit, CallbackOutput, Flow, Pending};
 
 /// A synchronous exit: runs inline during the unwind.
@@ -27,6 +31,8 @@ pub(crate) trait SyncExit: Send {
 pub(crate) enum Exit {
     Async(Owned<dyn AsyncExit>),
     Sync(Owned<dyn SyncExit>),
+    /// Members that close concurrently (S24).
+    Group(Owned<ExitGroup>),
 }
 
 /// Per-entry options given through [`EntryBuilder`](crate::EntryBuilder).
@@ -50,6 +56,7 @@ impl Entry {
         match &self.exit {
             Exit::Async(exit) => exit.get().label(),
             Exit::Sync(exit) => exit.get().label(),
+            Exit::Group(group) => Cow::Owned(format!("group of {}", group.get().len())),
         }
     }
 
@@ -60,7 +67,86 @@ impl Entry {
             || match &self.exit {
                 Exit::Async(exit) => exit.get().needs_runtime(),
                 Exit::Sync(_) => false,
+                Exit::Group(group) => group.get().needs_runtime(),
             }
+    }
+}
+
+/// The LIFO vector of entries behind a stack or a group, and the only
+/// place entries are allocated.
+///
+/// Registration takes `&self`, so the vector sits behind a
+/// `std::sync::Mutex`: uncontended, one atomic swap per registration, never
+/// held across an `.await`. That is what makes `&AsyncExitStack` (and a
+/// future holding it) `Send`.
+#[derive(Default)]
+pub(crate) struct Registry {
+    entries: Mutex<Vec<Entry>>,
+}
+
+impl From<Vec<Entry>> for Registry {
+    fn from(entries: Vec<Entry>) -> Self {
+        Self {
+            entries: Mutex::new(entries),
+        }
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        // A panic while holding this lock can only come from a failed
+        // allocation in `Vec::push`; the vector is still consistent.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Takes every entry out; needs `&mut`, so no lent resource is alive.
+    pub(crate) fn take(&mut self) -> Vec<Entry> {
+        std::mem::take(self.entries.get_mut().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn needs_runtime(&self) -> bool {
+        self.lock().iter().any(Entry::needs_runtime)
+    }
+
+    pub(crate) fn entry(&self) -> EntryBuilder<'_> {
+        EntryBuilder::new(self)
+    }
+
+    fn push(&self, exit: Exit, options: Options) {
+        self.lock().push(Entry { exit, options });
+    }
+
+    /// Moves `value` into its own allocation, registers it as the newest
+    /// entry, and lends it to the caller for as long as `&self` lives.
+    #[allow(unsafe_code, clippy::mut_from_ref)] // the arena design: see `stack.rs`
+    pub(crate) fn register_async<T: AsyncExit>(&self, value: T, options: Options) -> &mut T {
+        // SAFETY: the borrow lives as long as `&self`; entries are freed only
+        // through `take(&mut self)` or by dropping the registry (`owned.rs`).
+        let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn AsyncExit) };
+        self.push(Exit::Async(owner), options);
+        borrow
+    }
+
+    /// [`register_async`](Self::register_async) for synchronous exits.
+    #[allow(unsafe_code, clippy::mut_from_ref)]
+    pub(crate) fn register_sync<T: SyncExit + 'static>(&self, value: T, options: Options) -> &mut T {
+        // SAFETY: as in `register_async`.
+        let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn SyncExit) };
+        self.push(Exit::Sync(owner), options);
+        borrow
+    }
+
+    /// [`register_async`](Self::register_async) for a concurrent group.
+    #[allow(unsafe_code, clippy::mut_from_ref)]
+    pub(crate) fn register_group(&self, group: ExitGroup, options: Options) -> &mut ExitGroup {
+        // SAFETY: as in `register_async`.
+        let (owner, borrow) = unsafe { owned::alloc(group, |p| p) };
+        self.push(Exit::Group(owner), options);
+        borrow
     }
 }
 

@@ -101,6 +101,7 @@
 mod background;
 mod entry;
 mod error;
+mod group;
 mod owned;
 mod resources;
 mod stack;
@@ -119,7 +120,8 @@ pub use resources::{DRAIN_LIMIT, DRAIN_TIMEOUT};
 pub mod fs {
     pub use crate::resources::fs::Durable;
 }
-pub use background::{DrainReport, background_tasks, drain};
+pub use background::{DrainReport, STRICT_ENV, background_tasks, drain, is_strict, set_strict};
 pub use error::{AbandonCause, Abandoned, BoxError, Error, PanicError, ResourceError, TimeoutError};
+pub use group::ExitGroup;
 pub use stack::{AsyncExitStack, EntryBuilder, scope};
 pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, acquire};

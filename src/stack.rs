@@ -32,18 +32,17 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::mem;
 use std::panic::Location;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 
 use crate::background;
-use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, Entry, Exit, ExitFn, Options, SyncExit};
+use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitFn, Options, Registry};
 use crate::error::{AbandonCause, BoxError, Error};
-use crate::owned;
-use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
+use crate::group::ExitGroup;
+use crate::traits::{AsyncEnter, CallbackOutput, Flow, Pending};
 use crate::unwind::{Mode, Reason, Unwind};
 
 /// A LIFO stack of async cleanups: Python's `contextlib.AsyncExitStack`
@@ -91,7 +90,7 @@ use crate::unwind::{Mode, Reason, Unwind};
 /// ```
 pub struct AsyncExitStack {
     /// Registered entries; the newest is last.
-    entries: Mutex<Vec<Entry>>,
+    registry: Registry,
     /// The runtime the stack was created on, for background cleanup.
     handle: Option<Handle>,
     site: &'static Location<'static>,
@@ -111,7 +110,7 @@ impl AsyncExitStack {
 
     fn with_site(site: &'static Location<'static>) -> Self {
         Self {
-            entries: Mutex::new(Vec::new()),
+            registry: Registry::default(),
             handle: Handle::try_current().ok(),
             site,
             unwind_timeout: None,
@@ -125,7 +124,7 @@ impl AsyncExitStack {
 
     /// The number of entries registered and not yet unwound.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.registry.len()
     }
 
     /// `true` when the stack holds no entries.
@@ -162,10 +161,7 @@ impl AsyncExitStack {
     /// # }
     /// ```
     pub fn entry(&self) -> EntryBuilder<'_> {
-        EntryBuilder {
-            stack: self,
-            options: Options::default(),
-        }
+        self.registry.entry()
     }
 
     /// Enters `cm` (runs its [`AsyncEnter::enter`] once), registers the
@@ -239,6 +235,13 @@ impl AsyncExitStack {
         self.entry().callback(callback);
     }
 
+    /// Registers an empty concurrent group as the newest entry and lends it
+    /// back: its members close concurrently when its turn comes (S24). See
+    /// [`ExitGroup`].
+    pub fn enter_group(&self) -> &mut ExitGroup {
+        self.entry().enter_group()
+    }
+
     /// Moves every entry into a new stack and leaves this one empty and
     /// usable (S6). The new stack unwinds them in their original order.
     ///
@@ -247,9 +250,9 @@ impl AsyncExitStack {
     /// whatever will own them.
     #[track_caller]
     pub fn pop_all(&mut self) -> AsyncExitStack {
-        let entries = mem::take(self.entries_mut());
+        let entries = self.registry.take();
         AsyncExitStack {
-            entries: Mutex::new(entries),
+            registry: Registry::from(entries),
             handle: self.handle.clone(),
             site: Location::caller(),
             unwind_timeout: self.unwind_timeout,
@@ -272,7 +275,7 @@ impl AsyncExitStack {
     }
 
     async fn unwind(&mut self, chain: Vec<Arc<BoxError>>, reason: Reason) -> Result<(), Error> {
-        let entries = mem::take(self.entries_mut());
+        let entries = self.registry.take();
         if entries.is_empty() && chain.is_empty() {
             return Ok(());
         }
@@ -287,42 +290,6 @@ impl AsyncExitStack {
         );
         unwind.run().await;
         unwind.finish()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
-        // A panic while holding this lock can only come from a failed
-        // allocation in `Vec::push`; the vector is still consistent.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn entries_mut(&mut self) -> &mut Vec<Entry> {
-        self.entries.get_mut().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Moves `value` into its own allocation, registers it as the newest
-    /// entry, and lends it to the caller for as long as `&self` lives.
-    #[allow(unsafe_code, clippy::mut_from_ref)] // the arena design: see the module docs
-    fn register_async<T: AsyncExit>(&self, value: T, options: Options) -> &mut T {
-        // SAFETY: the borrow lives as long as `&self`, and the stack frees
-        // entries only through `&mut self` or by value (see `owned.rs`).
-        let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn AsyncExit) };
-        self.lock().push(Entry {
-            exit: Exit::Async(owner),
-            options,
-        });
-        borrow
-    }
-
-    /// [`register_async`](Self::register_async) for synchronous exits.
-    #[allow(unsafe_code, clippy::mut_from_ref)]
-    fn register_sync<T: SyncExit + 'static>(&self, value: T, options: Options) -> &mut T {
-        // SAFETY: as in `register_async`.
-        let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn SyncExit) };
-        self.lock().push(Entry {
-            exit: Exit::Sync(owner),
-            options,
-        });
-        borrow
     }
 }
 
@@ -343,10 +310,12 @@ impl fmt::Debug for AsyncExitStack {
 }
 
 impl Drop for AsyncExitStack {
-    /// Never blocks, never panics (outside strict mode): the remaining
-    /// entries go to one background task (S20).
+    /// Never blocks, and never panics outside strict mode: the remaining
+    /// entries go to one background task (S20). In strict mode
+    /// ([`set_strict`](crate::set_strict)) a drop that is not part of a
+    /// panic panics here, after handing the cleanup off.
     fn drop(&mut self) {
-        let entries = mem::take(self.entries_mut());
+        let entries = self.registry.take();
         if entries.is_empty() {
             return;
         }
@@ -370,7 +339,16 @@ impl Drop for AsyncExitStack {
         } else {
             AbandonCause::Dropped
         });
+        let entries = unwind.remaining();
         background::hand_off(unwind);
+        if !panicking && background::is_strict() {
+            panic!(
+                "exit stack created at {} dropped without aclose while holding {entries} entries \
+                 (strict mode: {} is set); the cleanup still runs in the background",
+                self.site,
+                background::STRICT_ENV,
+            );
+        }
     }
 }
 
@@ -380,11 +358,18 @@ impl Drop for AsyncExitStack {
 /// builder and applies its options to that one entry.
 #[must_use = "an EntryBuilder registers nothing until one of its registering methods is called"]
 pub struct EntryBuilder<'s> {
-    stack: &'s AsyncExitStack,
+    registry: &'s Registry,
     options: Options,
 }
 
 impl<'s> EntryBuilder<'s> {
+    pub(crate) fn new(registry: &'s Registry) -> Self {
+        Self {
+            registry,
+            options: Options::default(),
+        }
+    }
+
     /// Names the entry in tracing output and in the stack's own errors,
     /// instead of its type name.
     pub fn label(mut self, label: impl Into<Cow<'static, str>>) -> Self {
@@ -405,12 +390,17 @@ impl<'s> EntryBuilder<'s> {
     /// [`AsyncExitStack::enter_async_context`] with these options.
     pub async fn enter_async_context<C: AsyncEnter>(self, cm: C) -> Result<&'s mut C::Resource, C::Error> {
         let resource = cm.enter().await?;
-        Ok(self.stack.register_async(resource, self.options))
+        Ok(self.registry.register_async(resource, self.options))
+    }
+
+    /// [`AsyncExitStack::enter_group`] with these options.
+    pub fn enter_group(self) -> &'s mut ExitGroup {
+        self.registry.register_group(ExitGroup::default(), self.options)
     }
 
     /// [`AsyncExitStack::enter_context`] with these options.
     pub fn enter_context<T: Send + 'static>(self, value: T) -> &'s mut T {
-        &mut self.stack.register_sync(DropGuard(value), self.options).0
+        &mut self.registry.register_sync(DropGuard(value), self.options).0
     }
 
     /// [`AsyncExitStack::push_async_exit`] with these options.
@@ -420,7 +410,8 @@ impl<'s> EntryBuilder<'s> {
         Fut: Future<Output = Result<Flow, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        self.stack.register_async(AsyncExitFn(exit, PhantomData), self.options);
+        self.registry
+            .register_async(AsyncExitFn(exit, PhantomData), self.options);
     }
 
     /// [`AsyncExitStack::push_exit`] with these options.
@@ -429,7 +420,7 @@ impl<'s> EntryBuilder<'s> {
         F: FnOnce(&Pending) -> Result<Flow, E> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        self.stack.register_sync(ExitFn(exit, PhantomData), self.options);
+        self.registry.register_sync(ExitFn(exit, PhantomData), self.options);
     }
 
     /// [`AsyncExitStack::push_async_callback`] with these options.
@@ -439,7 +430,7 @@ impl<'s> EntryBuilder<'s> {
         Fut: Future + Send + 'static,
         Fut::Output: CallbackOutput,
     {
-        self.stack.register_async(AsyncCallbackFn(callback), self.options);
+        self.registry.register_async(AsyncCallbackFn(callback), self.options);
     }
 
     /// [`AsyncExitStack::callback`] with these options.
@@ -448,7 +439,7 @@ impl<'s> EntryBuilder<'s> {
         F: FnOnce() -> R + Send + 'static,
         R: CallbackOutput + 'static,
     {
-        self.stack.register_sync(CallbackFn(callback), self.options);
+        self.registry.register_sync(CallbackFn(callback), self.options);
     }
 }
 

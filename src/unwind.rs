@@ -18,7 +18,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tracing::{Instrument as _, Span, debug, debug_span, error, field, warn};
@@ -26,6 +27,7 @@ use tracing::{Instrument as _, Span, debug, debug_span, error, field, warn};
 use crate::background;
 use crate::entry::{Entry, Exit};
 use crate::error::{Abandoned, BoxError, Error, PanicError, TimeoutError};
+use crate::group::ExitGroup;
 use crate::traits::{Flow, Pending};
 
 type ExitFuture = Pin<Box<dyn Future<Output = Result<Flow, BoxError>> + Send>>;
@@ -68,12 +70,50 @@ enum Fail {
 /// The exit future currently running, kept here so that a cancelled unwind
 /// hands it on instead of dropping or restarting it.
 struct InFlight {
-    future: ExitFuture,
+    work: Work,
     label: Cow<'static, str>,
     span: Span,
     started: Option<std::time::Instant>,
     /// When it times out, and how long it was given.
     until: Option<(Instant, Duration)>,
+}
+
+enum Work {
+    One(ExitFuture),
+    Group(GroupRun),
+}
+
+/// A concurrent group in flight: the members still running, and the
+/// outcomes of those that finished (S24).
+#[derive(Default)]
+struct GroupRun {
+    running: FuturesUnordered<Pin<Box<dyn Future<Output = Member> + Send>>>,
+    done: Vec<Member>,
+}
+
+/// One group member's outcome; `index` is its registration order.
+struct Member {
+    index: usize,
+    label: Cow<'static, str>,
+    span: Span,
+    started: Option<std::time::Instant>,
+    outcome: Result<Flow, Fail>,
+}
+
+/// Drives one exit future to its outcome: panics caught, timeout applied.
+async fn drive(
+    future: Pin<&mut (dyn Future<Output = Result<Flow, BoxError>> + Send)>,
+    span: Span,
+    until: Option<(Instant, Duration)>,
+) -> Result<Flow, Fail> {
+    let future = AssertUnwindSafe(future).catch_unwind().instrument(span);
+    match until {
+        None => flatten(future.await),
+        Some((deadline, given)) => match tokio::time::timeout_at(deadline, future).await {
+            Ok(outcome) => flatten(outcome),
+            Err(_) => Err(Fail::Timeout(given)),
+        },
+    }
 }
 
 pub(crate) struct Unwind {
@@ -203,7 +243,7 @@ impl Unwind {
                     Ok(future) => {
                         let until = self.until(timeout);
                         self.current = Some(InFlight {
-                            future,
+                            work: Work::One(future),
                             label,
                             span,
                             started,
@@ -213,7 +253,72 @@ impl Unwind {
                     Err(payload) => self.settle(label, &span, started, Err(Fail::Panic(payload))),
                 }
             }
+            Exit::Group(group) => {
+                let run = self.start_group(group.into_box(), &pending, &span);
+                self.current = Some(InFlight {
+                    work: Work::Group(run),
+                    label,
+                    span,
+                    started,
+                    until: None,
+                });
+            }
         }
+    }
+
+    /// Starts every member of a group at once, each told `pending`. Sync
+    /// members finish here; nested groups are flattened into this one.
+    fn start_group(&self, group: Box<ExitGroup>, pending: &Pending, parent: &Span) -> GroupRun {
+        let mut run = GroupRun::default();
+        let mut queue = vec![group];
+        let mut index = 0;
+        while let Some(mut group) = queue.pop() {
+            for member in group.registry.take() {
+                index += 1;
+                let label = member.label();
+                let span = debug_span!(parent: parent, "exit", resource = %label, outcome = field::Empty, elapsed_us = field::Empty);
+                let started = (!span.is_disabled()).then(std::time::Instant::now);
+                let until = self.until(member.options.timeout);
+                let outcome = match member.exit {
+                    Exit::Group(nested) => {
+                        queue.push(nested.into_box());
+                        continue;
+                    }
+                    Exit::Sync(exit) => {
+                        let exit = exit.into_box();
+                        flatten(span.in_scope(|| catch_unwind(AssertUnwindSafe(|| exit.exit(pending)))))
+                    }
+                    Exit::Async(exit) => {
+                        let exit = exit.into_box();
+                        let pending = pending.clone();
+                        match catch_unwind(AssertUnwindSafe(|| exit.exit(pending))) {
+                            Ok(mut future) => {
+                                run.running.push(Box::pin(async move {
+                                    let outcome = drive(future.as_mut(), span.clone(), until).await;
+                                    Member {
+                                        index,
+                                        label,
+                                        span,
+                                        started,
+                                        outcome,
+                                    }
+                                }));
+                                continue;
+                            }
+                            Err(payload) => Err(Fail::Panic(payload)),
+                        }
+                    }
+                };
+                run.done.push(Member {
+                    index,
+                    label,
+                    span,
+                    started,
+                    outcome,
+                });
+            }
+        }
+        run
     }
 
     /// The earlier of the entry's own timeout and the unwind's deadline.
@@ -232,20 +337,29 @@ impl Unwind {
 
     async fn drive_current(&mut self) {
         let Some(flight) = self.current.as_mut() else { return };
-        let until = flight.until;
-        let future = AssertUnwindSafe(flight.future.as_mut())
-            .catch_unwind()
-            .instrument(flight.span.clone());
-        let outcome = match until {
-            None => flatten(future.await),
-            Some((deadline, given)) => match tokio::time::timeout_at(deadline, future).await {
-                Ok(outcome) => flatten(outcome),
-                Err(_) => Err(Fail::Timeout(given)),
-            },
+        let outcome = match &mut flight.work {
+            Work::One(future) => drive(future.as_mut(), flight.span.clone(), flight.until).await,
+            Work::Group(run) => {
+                while let Some(member) = run.running.next().await {
+                    run.done.push(member);
+                }
+                Ok(Flow::Propagate)
+            }
         };
         let Some(flight) = self.current.take() else { return };
-        // The timed-out future (and the resource it owns) is dropped here.
-        drop(flight.future);
+        match flight.work {
+            // A timed-out future (and the resource it owns) is dropped here.
+            Work::One(future) => drop(future),
+            Work::Group(run) => {
+                // Fold members in newest-first registration order, as if they
+                // had run in sequence: the result does not depend on timing.
+                let mut done = run.done;
+                done.sort_unstable_by_key(|m| std::cmp::Reverse(m.index));
+                for m in done {
+                    self.settle(m.label, &m.span, m.started, m.outcome);
+                }
+            }
+        }
         self.settle(flight.label, &flight.span, flight.started, outcome);
     }
 
@@ -338,7 +452,7 @@ impl Unwind {
         let mut not_run: Vec<Cow<'static, str>> = Vec::new();
         if let Some(flight) = self.current.take() {
             not_run.push(flight.label);
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(flight.future)));
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(flight.work)));
         }
         while let Some(entry) = self.entries.pop() {
             match entry.exit {
@@ -347,6 +461,9 @@ impl Unwind {
                     not_run.push(entry.options.label.unwrap_or_else(|| exit.get().label()));
                     let _ = catch_unwind(AssertUnwindSafe(move || exit.into_box().abandon()));
                 }
+                // Its members are lost or run like plain entries, newest
+                // first.
+                Exit::Group(group) => self.entries.extend(group.into_box().registry.take()),
             }
         }
         if not_run.is_empty() {
