@@ -57,19 +57,45 @@ impl Captured {
     }
 }
 
+/// Captures the tracing events emitted on the current thread while its
+/// guard lives.
+///
+/// One global subscriber serves the whole test binary, routing each event
+/// to the capture installed on the emitting thread. (A per-thread
+/// `set_default` would race with tests on other threads over tracing's
+/// callsite-interest cache.)
 #[derive(Clone, Default)]
 pub struct Capture(Arc<Mutex<Vec<Captured>>>);
+
+thread_local! {
+    static ACTIVE: std::cell::RefCell<Option<Capture>> = const { std::cell::RefCell::new(None) };
+}
+
+pub struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.borrow_mut().take());
+    }
+}
 
 impl Capture {
     pub fn events(&self) -> Vec<Captured> {
         self.0.lock().unwrap().clone()
     }
-    /// Installs the capture for the current thread until the guard drops.
-    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::registry().with(self.clone());
-        tracing::subscriber::set_default(subscriber)
+    /// Captures this thread's events until the guard drops.
+    pub fn install(&self) -> CaptureGuard {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::registry().with(Router);
+            tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+        });
+        ACTIVE.with(|a| *a.borrow_mut() = Some(self.clone()));
+        CaptureGuard
     }
 }
+
+struct Router;
 
 struct Visitor<'a>(&'a mut Captured);
 
@@ -91,8 +117,11 @@ impl Visit for Visitor<'_> {
     }
 }
 
-impl<S: Subscriber> Layer<S> for Capture {
+impl<S: Subscriber> Layer<S> for Router {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let Some(capture) = ACTIVE.with(|a| a.borrow().clone()) else {
+            return;
+        };
         let mut c = Captured {
             level: *event.metadata().level(),
             target: event.metadata().target().to_owned(),
@@ -100,6 +129,6 @@ impl<S: Subscriber> Layer<S> for Capture {
             fields: Vec::new(),
         };
         event.record(&mut Visitor(&mut c));
-        self.0.lock().unwrap().push(c);
+        capture.0.lock().unwrap().push(c);
     }
 }
