@@ -344,7 +344,7 @@ impl Drop for AsyncExitStack {
         if !panicking && background::is_strict() {
             panic!(
                 "exit stack created at {} dropped without aclose while holding {entries} entries \
-                 (strict mode: {} is set); the cleanup still runs in the background",
+                 (strict mode, from set_strict or {}); the cleanup still runs in the background",
                 self.site,
                 background::STRICT_ENV,
             );
