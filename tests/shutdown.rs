@@ -15,9 +15,16 @@ static FINISHED: AtomicUsize = AtomicUsize::new(0);
 
 fn runtime(multi: bool) -> tokio::runtime::Runtime {
     if multi {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
     } else {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 }
 
@@ -47,7 +54,12 @@ fn s23_drain_lets_ten_thousand_background_cleanups_finish_before_main_returns() 
         });
         assert_eq!(
             report,
-            DrainReport { finished: 10_000, failed: 0, lost: 0, cut_off: 0 },
+            DrainReport {
+                finished: 10_000,
+                failed: 0,
+                lost: 0,
+                cut_off: 0
+            },
             "multi_thread={multi}"
         );
         assert!(report.is_complete());
@@ -67,10 +79,13 @@ fn s23_without_drain_cleanups_lost_to_shutdown_are_reported() {
     runtime(false).block_on(async {
         for i in 0..10_000 {
             let stack = AsyncExitStack::new();
-            stack.entry().label(format!("slow cleanup {i}")).push_async_callback(|| async {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                FINISHED.fetch_add(1, Ordering::SeqCst);
-            });
+            stack
+                .entry()
+                .label(format!("slow cleanup {i}"))
+                .push_async_callback(|| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    FINISHED.fetch_add(1, Ordering::SeqCst);
+                });
             drop(stack);
         }
         tokio::task::yield_now().await; // let them start
@@ -94,7 +109,11 @@ fn s23_without_drain_cleanups_lost_to_shutdown_are_reported() {
 fn s23_a_drain_deadline_reports_the_cleanups_it_cut_off() {
     let _serial = SERIAL.lock().unwrap();
     reset();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
     rt.block_on(async {
         for secs in [1, 2, 10, 20] {
             let stack = AsyncExitStack::new();
@@ -104,9 +123,25 @@ fn s23_a_drain_deadline_reports_the_cleanups_it_cut_off() {
         let start = tokio::time::Instant::now();
         let report = drain(Duration::from_secs(5)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(5));
-        assert_eq!(report, DrainReport { finished: 2, failed: 0, lost: 0, cut_off: 2 });
+        assert_eq!(
+            report,
+            DrainReport {
+                finished: 2,
+                failed: 0,
+                lost: 0,
+                cut_off: 2
+            }
+        );
         // The cut-off ones keep running; a later drain sees them finish.
         let report = drain(Duration::from_secs(60)).await;
-        assert_eq!(report, DrainReport { finished: 2, failed: 0, lost: 0, cut_off: 0 });
+        assert_eq!(
+            report,
+            DrainReport {
+                finished: 2,
+                failed: 0,
+                lost: 0,
+                cut_off: 0
+            }
+        );
     });
 }

@@ -64,8 +64,26 @@ impl Captured {
 /// to the capture installed on the emitting thread. (A per-thread
 /// `set_default` would race with tests on other threads over tracing's
 /// callsite-interest cache.)
+/// A span as a test sees it: name, parent's name, every field recorded.
+#[derive(Debug, Clone)]
+pub struct CapturedSpan {
+    pub name: String,
+    pub parent: Option<String>,
+    pub fields: Vec<(String, String)>,
+}
+
+impl CapturedSpan {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<Captured>>>);
+pub struct Capture(Arc<Mutex<Vec<Captured>>>, Arc<Mutex<Vec<CapturedSpan>>>);
 
 thread_local! {
     static ACTIVE: std::cell::RefCell<Option<Capture>> = const { std::cell::RefCell::new(None) };
@@ -82,6 +100,9 @@ impl Drop for CaptureGuard {
 impl Capture {
     pub fn events(&self) -> Vec<Captured> {
         self.0.lock().unwrap().clone()
+    }
+    pub fn spans(&self) -> Vec<CapturedSpan> {
+        self.1.lock().unwrap().clone()
     }
     /// Captures this thread's events until the guard drops.
     pub fn install(&self) -> CaptureGuard {
@@ -117,7 +138,51 @@ impl Visit for Visitor<'_> {
     }
 }
 
-impl<S: Subscriber> Layer<S> for Router {
+/// Where a span's record lives in its capture.
+struct SpanSlot(Capture, usize);
+
+impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S> for Router {
+    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+        let Some(capture) = ACTIVE.with(|a| a.borrow().clone()) else {
+            return;
+        };
+        let Some(span) = ctx.span(id) else { return };
+        let mut c = Captured {
+            level: *attrs.metadata().level(),
+            target: String::new(),
+            message: String::new(),
+            fields: Vec::new(),
+        };
+        attrs.record(&mut Visitor(&mut c));
+        let record = CapturedSpan {
+            name: attrs.metadata().name().to_owned(),
+            parent: span.parent().map(|p| p.name().to_owned()),
+            fields: c.fields,
+        };
+        let index = {
+            let mut spans = capture.1.lock().unwrap();
+            spans.push(record);
+            spans.len() - 1
+        };
+        span.extensions_mut().insert(SpanSlot(capture, index));
+    }
+
+    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let ext = span.extensions();
+        let Some(SpanSlot(capture, index)) = ext.get::<SpanSlot>() else {
+            return;
+        };
+        let mut c = Captured {
+            level: Level::TRACE,
+            target: String::new(),
+            message: String::new(),
+            fields: Vec::new(),
+        };
+        values.record(&mut Visitor(&mut c));
+        capture.1.lock().unwrap()[*index].fields.extend(c.fields);
+    }
+
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let Some(capture) = ACTIVE.with(|a| a.borrow().clone()) else {
             return;
