@@ -118,6 +118,7 @@ both_flavours! {
 /// A drop on a plain thread outside the runtime runs the cleanup on the
 /// runtime the stack was created on: here a real TCP stream, whose exit
 /// needs that runtime's reactor.
+#[cfg(feature = "net")]
 #[test]
 fn s20_a_drop_on_a_foreign_thread_runs_on_the_creating_runtime() {
     for rt in [

@@ -1,0 +1,150 @@
+//! Child processes and tasks: waited for on success; killed, aborted and
+//! reaped on failure or abandonment (S31, pitfall P10).
+#![cfg(all(feature = "process", feature = "rt"))]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::oneshot;
+use tokio_exit_stack::{AsyncExitStack, TaskError, scope};
+
+/// The process table's view of `pid`: `None` once it is gone (reaped),
+/// otherwise its state letter (`Z` for a zombie).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+both_flavours! {
+    async fn s31_a_child_in_a_failed_scope_is_killed_and_reaped_no_zombie() {
+        let mut pid = 0;
+        let result = scope(async |stack| {
+            let child = stack.enter_async_context(Command::new("sleep").arg("1000").spawn()?).await.unwrap();
+            pid = child.id().unwrap();
+            assert!(matches!(process_state(pid), Some(state) if state != 'Z'), "alive");
+            Err::<(), _>(std::io::Error::other("the request failed"))
+        })
+        .await;
+        assert_eq!(result.unwrap_err().to_string(), "the request failed");
+        assert_eq!(process_state(pid), None, "killed and reaped: no process, no zombie");
+    }
+}
+
+both_flavours! {
+    async fn s31_a_child_in_a_successful_scope_is_waited_for_not_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("finished");
+        let m = marker.clone();
+        let mut pid = 0;
+        scope(async |stack| {
+            let child = stack
+                .enter_async_context(
+                    Command::new("sh").arg("-c").arg(format!("sleep 0.2; touch {}", m.display())).spawn()?,
+                )
+                .await
+                .unwrap();
+            pid = child.id().unwrap();
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap();
+        assert!(marker.exists(), "the child ran to its end");
+        assert_eq!(process_state(pid), None, "and was reaped");
+    }
+}
+
+/// A dropped stack's pending error is "abandoned": the child is killed too.
+#[tokio::test]
+async fn s31_a_child_in_an_abandoned_stack_is_killed_and_reaped() {
+    let stack = AsyncExitStack::new();
+    let (tx, done) = oneshot::channel();
+    stack.push_async_callback(move || async move {
+        let _ = tx.send(());
+    });
+    let child = stack
+        .enter_async_context(Command::new("sleep").arg("1000").spawn().unwrap())
+        .await
+        .unwrap();
+    let pid = child.id().unwrap();
+    drop(stack);
+    done.await.unwrap();
+    assert_eq!(process_state(pid), None);
+}
+
+/// Sets its flag when the task that owns it is dropped (finished or aborted).
+struct Dropped(Arc<AtomicBool>);
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+both_flavours! {
+    async fn s31_a_task_is_awaited_on_success_and_aborted_and_reaped_on_failure() {
+        // success: awaited to its end
+        let finished = Arc::new(AtomicBool::new(false));
+        let f = finished.clone();
+        scope(async |stack| {
+            stack
+                .enter_async_context(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    f.store(true, Ordering::SeqCst);
+                }))
+                .await
+                .unwrap();
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap();
+        assert!(finished.load(Ordering::SeqCst), "awaited, not detached");
+
+        // failure: aborted, and gone once the unwind returns
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(dropped.clone());
+        let _ = scope(async |stack| {
+            stack
+                .enter_async_context(tokio::spawn(async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                }))
+                .await
+                .unwrap();
+            Err::<(), _>(std::io::Error::other("failed"))
+        })
+        .await;
+        assert!(dropped.load(Ordering::SeqCst), "aborted and reaped before aclose returned");
+    }
+}
+
+both_flavours! {
+    async fn s31_a_joinset_is_awaited_or_shut_down_and_a_panicked_task_is_an_error() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(dropped.clone());
+        let _ = scope(async |stack| {
+            let set = stack.enter_async_context(tokio::task::JoinSet::new()).await.unwrap();
+            set.spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            });
+            Err::<(), _>(std::io::Error::other("failed"))
+        })
+        .await;
+        assert!(dropped.load(Ordering::SeqCst), "every task aborted and reaped");
+
+        let err = scope(async |stack| {
+            let set = stack.enter_async_context(tokio::task::JoinSet::new()).await.unwrap();
+            set.spawn(async { panic!("task bug") });
+            set.spawn(async {});
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap_err();
+        let failure = err.downcast_ref::<TaskError>().expect("a TaskError");
+        assert!(std::error::Error::source(failure).unwrap().to_string().contains("panicked"));
+    }
+}
