@@ -70,8 +70,13 @@ fn program() -> impl Strategy<Value = Program> {
         3 => (1..24u8).prop_map(Cancel::AfterPolls),
         1 => Just(Cancel::DropStack),
     ];
-    (proptest::collection::vec(spec(), 0..12), any::<bool>(), cancel)
-        .prop_map(|(entries, body_fails, cancel)| Program { entries, body_fails, cancel })
+    (proptest::collection::vec(spec(), 0..12), any::<bool>(), cancel).prop_map(|(entries, body_fails, cancel)| {
+        Program {
+            entries,
+            body_fails,
+            cancel,
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +116,10 @@ fn model(p: &Program) -> Expected {
         }
     }
     chain.reverse();
-    Expected { told, result: (!panicked).then_some(chain) }
+    Expected {
+        told,
+        result: (!panicked).then_some(chain),
+    }
 }
 
 /// The name the model uses for a pending or final error.
@@ -138,13 +146,21 @@ struct Trace {
 }
 
 fn hang_timeout(paused: bool) -> Duration {
-    if paused { Duration::from_secs(1) } else { Duration::from_millis(2) }
+    if paused {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(2)
+    }
 }
 
 fn register(stack: &AsyncExitStack, p: &Program, trace: &Trace, paused: bool) {
     for (i, e) in p.entries.iter().copied().enumerate() {
         let builder = stack.entry().label(format!("e{i}"));
-        let builder = if e.behaviour == Behaviour::Hang { builder.timeout(hang_timeout(paused)) } else { builder };
+        let builder = if e.behaviour == Behaviour::Hang {
+            builder.timeout(hang_timeout(paused))
+        } else {
+            builder
+        };
         let runs = trace.runs.clone();
         let outcome = move || -> Result<Flow, BoxError> {
             match e.behaviour {
@@ -157,11 +173,15 @@ fn register(stack: &AsyncExitStack, p: &Program, trace: &Trace, paused: bool) {
         };
         match (e.exit, e.sync) {
             (true, true) => builder.push_exit(move |pending: &Pending| {
-                runs.lock().unwrap().push((i, pending.error().map(|e| name(e)).unwrap_or_else(|| "-".into())));
+                runs.lock()
+                    .unwrap()
+                    .push((i, pending.error().map(|e| name(e)).unwrap_or_else(|| "-".into())));
                 outcome()
             }),
             (true, false) => builder.push_async_exit(move |pending: Pending| async move {
-                runs.lock().unwrap().push((i, pending.error().map(|e| name(e)).unwrap_or_else(|| "-".into())));
+                runs.lock()
+                    .unwrap()
+                    .push((i, pending.error().map(|e| name(e)).unwrap_or_else(|| "-".into())));
                 tokio::task::yield_now().await;
                 if e.behaviour == Behaviour::Hang {
                     std::future::pending::<()>().await;
@@ -198,7 +218,9 @@ impl<F: Future> Future for CancelAfter<F> {
             return Poll::Ready(None);
         }
         self.polls -= 1;
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match inner.as_mut().poll(cx) {
             Poll::Ready(v) => Poll::Ready(Some(v)),
             Poll::Pending => Poll::Pending,
@@ -222,7 +244,13 @@ async fn run(p: &Program, trace: &Trace, paused: bool) -> Option<Outcome> {
     let caught = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(body));
     match p.cancel {
         Cancel::None => Some(caught.await),
-        Cancel::AfterPolls(k) => CancelAfter { inner: Some(Box::pin(caught)), polls: k }.await,
+        Cancel::AfterPolls(k) => {
+            CancelAfter {
+                inner: Some(Box::pin(caught)),
+                polls: k,
+            }
+            .await
+        }
         Cancel::DropStack => {
             let stack = AsyncExitStack::new();
             register(&stack, p, trace, paused);
@@ -235,9 +263,15 @@ async fn run(p: &Program, trace: &Trace, paused: bool) -> Option<Outcome> {
 fn check(p: &Program, multi: bool) -> Result<(), TestCaseError> {
     let paused = !multi;
     let rt = if multi {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
     }
     .unwrap();
     let trace = Trace::default();
@@ -280,7 +314,10 @@ fn check(p: &Program, multi: bool) -> Result<(), TestCaseError> {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
 }
 
 fn quiet_model_panics() {
