@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, Registry};
 use crate::error::BoxError;
 use crate::stack::EntryBuilder;
-use crate::traits::{AsyncEnter, CallbackOutput, Flow, Pending};
+use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
 
 /// A set of entries that close concurrently, registered on a stack with
 /// [`AsyncExitStack::enter_group`](crate::AsyncExitStack::enter_group).
@@ -78,6 +78,12 @@ impl ExitGroup {
     /// [`AsyncExitStack::enter_async_context`](crate::AsyncExitStack::enter_async_context).
     pub async fn enter_async_context<C: AsyncEnter>(&self, cm: C) -> Result<&mut C::Resource, C::Error> {
         self.entry().enter_async_context(cm).await
+    }
+
+    /// Registers an already open resource as a member; see
+    /// [`AsyncExitStack::push_resource`](crate::AsyncExitStack::push_resource).
+    pub fn push_resource<T: AsyncExit>(&self, resource: T) -> &mut T {
+        self.registry.register_async(resource, Default::default())
     }
 
     /// Registers `value` (cleanup: its `Drop`) as a member.

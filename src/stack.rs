@@ -42,7 +42,7 @@ use crate::background;
 use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitFn, Options, Registry};
 use crate::error::{AbandonCause, BoxError, Error};
 use crate::group::ExitGroup;
-use crate::traits::{AsyncEnter, CallbackOutput, Flow, Pending};
+use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
 use crate::unwind::{Mode, Reason, Unwind};
 
 /// A LIFO stack of async cleanups: Python's `contextlib.AsyncExitStack`
@@ -172,6 +172,26 @@ impl AsyncExitStack {
     /// Costs the enter itself plus one allocation for the resource.
     pub async fn enter_async_context<C: AsyncEnter>(&self, cm: C) -> Result<&mut C::Resource, C::Error> {
         self.entry().enter_async_context(cm).await
+    }
+
+    /// Registers an already open resource's exit without entering anything
+    /// (Python's `push_async_exit(cm)` with a context manager), and lends
+    /// the resource back. Synchronous and infallible, unlike
+    /// [`enter_async_context`](Self::enter_async_context).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let conn = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    /// let mut stack = tokio_exit_stack::AsyncExitStack::new();
+    /// let conn = stack.push_resource(conn); // shut down cleanly at aclose
+    /// assert!(conn.peer_addr().is_ok());
+    /// stack.aclose().await.map_err(std::io::Error::other)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn push_resource<T: AsyncExit>(&self, resource: T) -> &mut T {
+        self.entry().push_resource(resource)
     }
 
     /// Registers `value`, whose cleanup is its `Drop` (a permit, a guard, a
@@ -396,6 +416,11 @@ impl<'s> EntryBuilder<'s> {
     /// [`AsyncExitStack::enter_group`] with these options.
     pub fn enter_group(self) -> &'s mut ExitGroup {
         self.registry.register_group(ExitGroup::default(), self.options)
+    }
+
+    /// [`AsyncExitStack::push_resource`] with these options.
+    pub fn push_resource<T: AsyncExit>(self, resource: T) -> &'s mut T {
+        self.registry.register_async(resource, self.options)
     }
 
     /// [`AsyncExitStack::enter_context`] with these options.
