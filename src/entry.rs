@@ -12,6 +12,8 @@ use std::any::type_name;
 use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -29,7 +31,7 @@ pub(crate) trait SyncExit: Send {
 }
 
 pub(crate) enum Exit {
-    Async(Owned<dyn AsyncExit>),
+    Async(Owned<dyn ErasedExit>),
     Sync(Owned<dyn SyncExit>),
     /// Members that close concurrently (S24).
     Group(Owned<ExitGroup>),
@@ -123,10 +125,10 @@ impl Registry {
     /// Moves `value` into its own allocation, registers it as the newest
     /// entry, and lends it to the caller for as long as `&self` lives.
     #[allow(unsafe_code, clippy::mut_from_ref)] // the arena design: see `stack.rs`
-    pub(crate) fn register_async<T: AsyncExit>(&self, value: T, options: Options) -> &mut T {
+    pub(crate) fn register_async<T: ErasedExit + 'static>(&self, value: T, options: Options) -> &mut T {
         // SAFETY: the borrow lives as long as `&self`; entries are freed only
         // through `take(&mut self)` or by dropping the registry (`owned.rs`).
-        let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn AsyncExit) };
+        let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn ErasedExit) };
         self.push(Exit::Async(owner), options);
         borrow
     }
@@ -195,39 +197,146 @@ where
     }
 }
 
-/// `push_async_exit(f)`: an async exit closure.
+/// The type-erased form of every async entry: an entered resource (any
+/// [`AsyncExit`]), or an async closure held in an [`ExitCell`].
+pub(crate) trait ErasedExit: Send {
+    /// Hands back the exit future. For a resource it is its `exit`; for a
+    /// closure, the entry's own allocation becomes the future.
+    fn start(self: Box<Self>, pending: Pending) -> ExitFuture;
+    fn label(&self) -> Cow<'static, str>;
+    fn needs_runtime(&self) -> bool;
+    fn abandon(self: Box<Self>);
+}
+
+pub(crate) type ExitFuture = Pin<Box<dyn Future<Output = Result<Flow, BoxError>> + Send>>;
+
+impl<T: AsyncExit> ErasedExit for T {
+    fn start(self: Box<Self>, pending: Pending) -> ExitFuture {
+        self.exit(pending)
+    }
+    fn label(&self) -> Cow<'static, str> {
+        AsyncExit::label(self)
+    }
+    fn needs_runtime(&self) -> bool {
+        AsyncExit::needs_runtime(self)
+    }
+    fn abandon(self: Box<Self>) {
+        AsyncExit::abandon(self)
+    }
+}
+
+/// An async closure registered as an entry: what it is told, how it is
+/// called, and how its output becomes the entry's outcome.
+pub(crate) trait ExitClosure: Send + 'static {
+    type Future: Future + Send;
+    fn call(self, pending: Pending) -> Self::Future;
+    fn finish(output: <Self::Future as Future>::Output) -> Result<Flow, BoxError>;
+    fn name() -> &'static str;
+}
+
+/// `push_async_exit(f)`: told the pending error, may suppress.
 pub(crate) struct AsyncExitFn<F, E>(pub(crate) F, pub(crate) PhantomData<fn() -> E>);
 
-#[async_trait::async_trait]
-impl<F, Fut, E> AsyncExit for AsyncExitFn<F, E>
+impl<F, Fut, E> ExitClosure for AsyncExitFn<F, E>
 where
     F: FnOnce(Pending) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Flow, E>> + Send,
     E: Into<BoxError> + 'static,
 {
-    async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
-        (self.0)(pending).await.map_err(Into::into)
+    type Future = Fut;
+    fn call(self, pending: Pending) -> Fut {
+        (self.0)(pending)
     }
-    fn label(&self) -> Cow<'static, str> {
-        Cow::Borrowed(type_name::<F>())
+    fn finish(output: Result<Flow, E>) -> Result<Flow, BoxError> {
+        output.map_err(Into::into)
+    }
+    fn name() -> &'static str {
+        type_name::<F>()
     }
 }
 
-/// `push_async_callback(f)`: an async callback; told nothing, cannot
-/// suppress.
+/// `push_async_callback(f)`: told nothing, cannot suppress.
 pub(crate) struct AsyncCallbackFn<F>(pub(crate) F);
 
-#[async_trait::async_trait]
-impl<F, Fut> AsyncExit for AsyncCallbackFn<F>
+impl<F, Fut> ExitClosure for AsyncCallbackFn<F>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future + Send,
     Fut::Output: CallbackOutput,
 {
-    async fn exit(self: Box<Self>, _: Pending) -> Result<Flow, BoxError> {
-        (self.0)().await.into_result().map(|()| Flow::Propagate)
+    type Future = Fut;
+    fn call(self, _: Pending) -> Fut {
+        (self.0)()
+    }
+    fn finish(output: Fut::Output) -> Result<Flow, BoxError> {
+        output.into_result().map(|()| Flow::Propagate)
+    }
+    fn name() -> &'static str {
+        type_name::<F>()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An async closure and, once started, its future, in one allocation:
+    /// registering allocates the cell, and unwinding reuses it as the exit
+    /// future, so an async callback costs one allocation, not two.
+    #[project = CellProj]
+    #[project_replace = CellTake]
+    pub(crate) enum ExitCell<C: ExitClosure> {
+        Ready { closure: C, pending: Pending },
+        Running { #[pin] future: C::Future },
+        Done,
+    }
+}
+
+impl<C: ExitClosure> ExitCell<C> {
+    pub(crate) fn new(closure: C) -> Self {
+        Self::Ready {
+            closure,
+            pending: Pending::none(),
+        }
+    }
+}
+
+impl<C: ExitClosure> Future for ExitCell<C> {
+    type Output = Result<Flow, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let CellProj::Ready { .. } = self.as_mut().project() {
+            if let CellTake::Ready { closure, pending } = self.as_mut().project_replace(ExitCell::Done) {
+                self.set(ExitCell::Running {
+                    future: closure.call(pending),
+                });
+            }
+        }
+        match self.as_mut().project() {
+            CellProj::Running { future } => {
+                let output = std::task::ready!(future.poll(cx));
+                self.set(ExitCell::Done);
+                Poll::Ready(C::finish(output))
+            }
+            // Not reachable through the unwinder, which polls each exit
+            // future to completion once; finishing quietly is the safe answer.
+            CellProj::Ready { .. } | CellProj::Done => Poll::Ready(Ok(Flow::Propagate)),
+        }
+    }
+}
+
+impl<C: ExitClosure> ErasedExit for ExitCell<C>
+where
+    C::Future: 'static,
+{
+    fn start(mut self: Box<Self>, pending: Pending) -> ExitFuture {
+        if let ExitCell::Ready { pending: slot, .. } = &mut *self {
+            *slot = pending;
+        }
+        Box::into_pin(self)
     }
     fn label(&self) -> Cow<'static, str> {
-        Cow::Borrowed(type_name::<F>())
+        Cow::Borrowed(C::name())
     }
+    fn needs_runtime(&self) -> bool {
+        true
+    }
+    fn abandon(self: Box<Self>) {}
 }

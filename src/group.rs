@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
-use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, Registry};
+use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitCell, Registry};
 use crate::error::BoxError;
 use crate::stack::EntryBuilder;
 use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
@@ -99,7 +99,7 @@ impl ExitGroup {
         E: Into<BoxError> + 'static,
     {
         self.registry
-            .register_async(AsyncExitFn(exit, PhantomData), Default::default());
+            .register_async(ExitCell::new(AsyncExitFn(exit, PhantomData)), Default::default());
     }
 
     /// Registers an async callback as a member.
@@ -110,7 +110,7 @@ impl ExitGroup {
         Fut::Output: CallbackOutput,
     {
         self.registry
-            .register_async(AsyncCallbackFn(callback), Default::default());
+            .register_async(ExitCell::new(AsyncCallbackFn(callback)), Default::default());
     }
 
     /// Registers a synchronous callback as a member.

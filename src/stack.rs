@@ -39,7 +39,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::background;
-use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitFn, Options, Registry};
+use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitCell, ExitFn, Options, Registry};
 use crate::error::{AbandonCause, BoxError, Error};
 use crate::group::ExitGroup;
 use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
@@ -436,7 +436,7 @@ impl<'s> EntryBuilder<'s> {
         E: Into<BoxError> + 'static,
     {
         self.registry
-            .register_async(AsyncExitFn(exit, PhantomData), self.options);
+            .register_async(ExitCell::new(AsyncExitFn(exit, PhantomData)), self.options);
     }
 
     /// [`AsyncExitStack::push_exit`] with these options.
@@ -455,7 +455,8 @@ impl<'s> EntryBuilder<'s> {
         Fut: Future + Send + 'static,
         Fut::Output: CallbackOutput,
     {
-        self.registry.register_async(AsyncCallbackFn(callback), self.options);
+        self.registry
+            .register_async(ExitCell::new(AsyncCallbackFn(callback)), self.options);
     }
 
     /// [`AsyncExitStack::callback`] with these options.

@@ -25,12 +25,10 @@ use tokio::time::Instant;
 use tracing::{Instrument as _, Span, debug, debug_span, error, field, warn};
 
 use crate::background;
-use crate::entry::{Entry, Exit};
+use crate::entry::{Entry, Exit, ExitFuture};
 use crate::error::{Abandoned, BoxError, Error, PanicError, TimeoutError};
 use crate::group::ExitGroup;
 use crate::traits::{Flow, Pending};
-
-type ExitFuture = Pin<Box<dyn Future<Output = Result<Flow, BoxError>> + Send>>;
 
 /// Why an unwind runs; shown in its tracing span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +237,7 @@ impl Unwind {
             }
             Exit::Async(exit) => {
                 let exit = exit.into_box();
-                match catch_unwind(AssertUnwindSafe(|| exit.exit(pending))) {
+                match catch_unwind(AssertUnwindSafe(|| exit.start(pending))) {
                     Ok(future) => {
                         let until = self.until(timeout);
                         self.current = Some(InFlight {
@@ -291,7 +289,7 @@ impl Unwind {
                     Exit::Async(exit) => {
                         let exit = exit.into_box();
                         let pending = pending.clone();
-                        match catch_unwind(AssertUnwindSafe(|| exit.exit(pending))) {
+                        match catch_unwind(AssertUnwindSafe(|| exit.start(pending))) {
                             Ok(mut future) => {
                                 run.running.push(Box::pin(async move {
                                     let outcome = drive(future.as_mut(), span.clone(), until).await;
