@@ -46,26 +46,44 @@ pub(crate) struct Options {
 
 pub(crate) struct Entry {
     pub(crate) exit: Exit,
-    pub(crate) options: Options,
+    /// Boxed, and only when given: most entries have none, and a small
+    /// entry keeps the LIFO vector cheap to grow.
+    pub(crate) options: Option<Box<Options>>,
+}
+
+impl Options {
+    /// `None` for the defaults, so that plain registrations allocate nothing
+    /// for them.
+    pub(crate) fn boxed(self) -> Option<Box<Options>> {
+        (self.label.is_some() || self.timeout.is_some()).then(|| Box::new(self))
+    }
 }
 
 impl Entry {
-    /// The caller's label, or the exit's own.
-    pub(crate) fn label(&self) -> Cow<'static, str> {
-        if let Some(label) = &self.options.label {
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.options.as_ref().and_then(|o| o.timeout)
+    }
+
+    /// The caller's label, else the exit's own (`detailed`: as its
+    /// `AsyncExit::label` says, which may format; otherwise its type name,
+    /// which costs nothing).
+    pub(crate) fn label(&self, detailed: bool) -> Cow<'static, str> {
+        if let Some(label) = self.options.as_ref().and_then(|o| o.label.as_ref()) {
             return label.clone();
         }
         match &self.exit {
-            Exit::Async(exit) => exit.get().label(),
+            Exit::Async(exit) if detailed => exit.get().label(),
+            Exit::Async(exit) => Cow::Borrowed(exit.get().type_name()),
             Exit::Sync(exit) => exit.get().label(),
-            Exit::Group(group) => Cow::Owned(format!("group of {}", group.get().len())),
+            Exit::Group(group) if detailed => Cow::Owned(format!("group of {}", group.get().len())),
+            Exit::Group(_) => Cow::Borrowed("group"),
         }
     }
 
     /// Whether unwinding this entry needs a runtime (see
     /// [`AsyncExit::needs_runtime`]).
     pub(crate) fn needs_runtime(&self) -> bool {
-        self.options.timeout.is_some()
+        self.timeout().is_some()
             || match &self.exit {
                 Exit::Async(exit) => exit.get().needs_runtime(),
                 Exit::Sync(_) => false,
@@ -119,6 +137,7 @@ impl Registry {
     }
 
     fn push(&self, exit: Exit, options: Options) {
+        let options = options.boxed();
         self.lock().push(Entry { exit, options });
     }
 
@@ -204,6 +223,8 @@ pub(crate) trait ErasedExit: Send {
     /// closure, the entry's own allocation becomes the future.
     fn start(self: Box<Self>, pending: Pending) -> ExitFuture;
     fn label(&self) -> Cow<'static, str>;
+    /// The type's name: the label when detailed labels are not needed.
+    fn type_name(&self) -> &'static str;
     fn needs_runtime(&self) -> bool;
     fn abandon(self: Box<Self>);
 }
@@ -216,6 +237,9 @@ impl<T: AsyncExit> ErasedExit for T {
     }
     fn label(&self) -> Cow<'static, str> {
         AsyncExit::label(self)
+    }
+    fn type_name(&self) -> &'static str {
+        type_name::<T>()
     }
     fn needs_runtime(&self) -> bool {
         AsyncExit::needs_runtime(self)
@@ -334,6 +358,9 @@ where
     }
     fn label(&self) -> Cow<'static, str> {
         Cow::Borrowed(C::name())
+    }
+    fn type_name(&self) -> &'static str {
+        C::name()
     }
     fn needs_runtime(&self) -> bool {
         true

@@ -16,10 +16,11 @@ use std::mem;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tracing::{Instrument as _, Span, debug, debug_span, error, field, warn};
@@ -66,26 +67,34 @@ enum Fail {
 }
 
 /// The exit future currently running, kept here so that a cancelled unwind
-/// hands it on instead of dropping or restarting it.
+/// hands it on instead of dropping or restarting it. Kept small (the rare
+/// parts are boxed): it moves once per entry.
 struct InFlight {
     work: Work,
     label: Cow<'static, str>,
-    span: Span,
-    started: Option<std::time::Instant>,
-    /// When it times out, and how long it was given.
-    until: Option<(Instant, Duration)>,
+    trace: Trace,
+    until: Option<Deadline>,
+}
+
+/// An entry's span and start time, when entry spans are recorded.
+type Trace = Option<Box<(Span, std::time::Instant)>>;
+
+/// An exit's timer, and how long it was given.
+struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    given: Duration,
 }
 
 enum Work {
     One(ExitFuture),
-    Group(GroupRun),
+    Group(Box<GroupRun>),
 }
 
 /// A concurrent group in flight: the members still running, and the
 /// outcomes of those that finished (S24).
 #[derive(Default)]
 struct GroupRun {
-    running: FuturesUnordered<Pin<Box<dyn Future<Output = Member> + Send>>>,
+    running: FuturesUnordered<MemberRun>,
     done: Vec<Member>,
 }
 
@@ -93,24 +102,65 @@ struct GroupRun {
 struct Member {
     index: usize,
     label: Cow<'static, str>,
-    span: Span,
-    started: Option<std::time::Instant>,
+    trace: Trace,
     outcome: Result<Flow, Fail>,
 }
 
-/// Drives one exit future to its outcome: panics caught, timeout applied.
-async fn drive(
-    future: Pin<&mut (dyn Future<Output = Result<Flow, BoxError>> + Send)>,
-    span: Span,
-    until: Option<(Instant, Duration)>,
-) -> Result<Flow, Fail> {
-    let future = AssertUnwindSafe(future).catch_unwind().instrument(span);
-    match until {
-        None => flatten(future.await),
-        Some((deadline, given)) => match tokio::time::timeout_at(deadline, future).await {
-            Ok(outcome) => flatten(outcome),
-            Err(_) => Err(Fail::Timeout(given)),
-        },
+/// A group member in flight.
+struct MemberRun {
+    index: usize,
+    flight: Option<InFlight>,
+}
+
+impl Future for MemberRun {
+    type Output = Member;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Member> {
+        let Some(flight) = self.flight.as_mut() else {
+            // Polled after completion: FuturesUnordered never does that.
+            return Poll::Pending;
+        };
+        let outcome = std::task::ready!(flight.poll(cx));
+        let index = self.index;
+        match self.flight.take() {
+            Some(flight) => Poll::Ready(Member {
+                index,
+                label: flight.label,
+                trace: flight.trace,
+                outcome,
+            }),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl InFlight {
+    /// Polls the exit (its span entered, panics caught per poll so the
+    /// future stays usable by a cancelled unwind's successor), then its
+    /// timer, as `tokio::time::timeout` does.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Flow, Fail>> {
+        let _entered = self.trace.as_ref().map(|t| t.0.enter());
+        match &mut self.work {
+            Work::One(future) => match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => {}
+                Ok(Poll::Ready(Ok(flow))) => return Poll::Ready(Ok(flow)),
+                Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(Fail::Error(e))),
+                Err(payload) => return Poll::Ready(Err(Fail::Panic(payload))),
+            },
+            Work::Group(run) => loop {
+                match run.running.poll_next_unpin(cx) {
+                    Poll::Ready(Some(member)) => run.done.push(member),
+                    Poll::Ready(None) => return Poll::Ready(Ok(Flow::Propagate)),
+                    Poll::Pending => break,
+                }
+            },
+        }
+        if let Some(deadline) = &mut self.until {
+            if deadline.sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Fail::Timeout(deadline.given)));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -133,6 +183,11 @@ pub(crate) struct Unwind {
     budget: Option<Duration>,
     deadline: Option<Instant>,
     span: Option<Span>,
+    /// Whether entry labels are worth computing in full and entry spans are
+    /// recorded: decided once per unwind, from the subscriber's interest, so
+    /// that with no subscriber the loop does no tracing work per entry.
+    detailed: bool,
+    spans: bool,
     /// Set once the outcome has been handed over; `Drop` then does nothing.
     done: bool,
 }
@@ -160,6 +215,8 @@ impl Unwind {
             budget,
             deadline: None,
             span: None,
+            detailed: true,
+            spans: true,
             done: false,
         }
     }
@@ -204,36 +261,75 @@ impl Unwind {
     /// Runs every remaining entry, newest first.
     pub(crate) async fn run(&mut self) {
         let span = self.span();
-        async {
-            if let (Some(budget), None) = (self.budget, self.deadline) {
-                self.deadline = Some(Instant::now() + budget);
-            }
-            loop {
-                if self.current.is_some() {
-                    self.drive_current().await;
-                    continue;
+        self.spans = !span.is_disabled();
+        // Full labels feed the WARN/ERROR events; without a subscriber that
+        // wants them, the type name is enough for the errors' own messages.
+        self.detailed = self.spans || tracing::enabled!(tracing::Level::WARN);
+        if let (Some(budget), None) = (self.budget, self.deadline) {
+            self.deadline = Some(Instant::now() + budget);
+        }
+        std::future::poll_fn(|cx| self.poll_run(cx)).instrument(span).await;
+    }
+
+    /// The unwind loop, by hand: no nested futures, nothing moved that need
+    /// not be. Cancellation-safe: everything it has not finished stays in
+    /// `self`.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if let Some(flight) = self.current.as_mut() {
+                let outcome = std::task::ready!(flight.poll(cx));
+                if let Some(flight) = self.current.take() {
+                    self.finish_flight(flight, outcome);
                 }
-                let Some(entry) = self.entries.pop() else { break };
-                self.start(entry);
+                continue;
+            }
+            match self.entries.pop() {
+                Some(entry) => self.start(entry),
+                None => return Poll::Ready(()),
             }
         }
-        .instrument(span)
-        .await;
+    }
+
+    fn finish_flight(&mut self, flight: InFlight, outcome: Result<Flow, Fail>) {
+        let InFlight {
+            work,
+            label,
+            trace,
+            until,
+        } = flight;
+        // A timed-out future (and the resource it owns) is dropped here.
+        drop(until);
+        if let Work::Group(run) = work {
+            // Fold members in newest-first registration order, as if they
+            // had run in sequence: the result does not depend on timing.
+            let mut done = run.done;
+            done.sort_unstable_by_key(|m| std::cmp::Reverse(m.index));
+            for m in done {
+                self.settle(m.label, m.trace, m.outcome);
+            }
+        }
+        if trace.is_none() && matches!(outcome, Ok(Flow::Propagate)) {
+            return; // the common case: nothing to record, nothing pending changes
+        }
+        self.settle(label, trace, outcome);
     }
 
     /// Starts one entry: sync exits run to completion here, async exits
     /// become the in-flight future.
     pub(crate) fn start(&mut self, entry: Entry) {
-        let label = entry.label();
-        let span = debug_span!("exit", resource = %label, outcome = field::Empty, elapsed_us = field::Empty);
-        let started = (!span.is_disabled()).then(std::time::Instant::now);
+        let timeout = entry.timeout();
+        let label = entry.label(self.detailed || timeout.is_some());
+        let trace = self.trace(None, &label);
         let pending = self.pending();
-        let timeout = entry.options.timeout;
         match entry.exit {
             Exit::Sync(exit) => {
                 let exit = exit.into_box();
-                let outcome = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| exit.exit(&pending))));
-                self.settle(label, &span, started, flatten(outcome));
+                let run = || catch_unwind(AssertUnwindSafe(|| exit.exit(&pending)));
+                let outcome = match &trace {
+                    Some(t) => t.0.in_scope(run),
+                    None => run(),
+                };
+                self.settle(label, trace, flatten(outcome));
             }
             Exit::Async(exit) => {
                 let exit = exit.into_box();
@@ -243,40 +339,54 @@ impl Unwind {
                         self.current = Some(InFlight {
                             work: Work::One(future),
                             label,
-                            span,
-                            started,
+                            trace,
                             until,
                         });
                     }
-                    Err(payload) => self.settle(label, &span, started, Err(Fail::Panic(payload))),
+                    Err(payload) => self.settle(label, trace, Err(Fail::Panic(payload))),
                 }
             }
             Exit::Group(group) => {
-                let run = self.start_group(group.into_box(), &pending, &span);
+                let run = self.start_group(group.into_box(), &pending, &trace);
                 self.current = Some(InFlight {
-                    work: Work::Group(run),
+                    work: Work::Group(Box::new(run)),
                     label,
-                    span,
-                    started,
+                    trace,
                     until: None,
                 });
             }
         }
     }
 
+    /// The span of one entry, and when it started; nothing when entry spans
+    /// are not recorded.
+    fn trace(&self, parent: Option<&Span>, label: &str) -> Trace {
+        if !self.spans {
+            return None;
+        }
+        let span = match parent {
+            Some(parent) => {
+                debug_span!(parent: parent, "exit", resource = %label, outcome = field::Empty, elapsed_us = field::Empty)
+            }
+            None => debug_span!("exit", resource = %label, outcome = field::Empty, elapsed_us = field::Empty),
+        };
+        Some(Box::new((span, std::time::Instant::now())))
+    }
+
     /// Starts every member of a group at once, each told `pending`. Sync
     /// members finish here; nested groups are flattened into this one.
-    fn start_group(&self, group: Box<ExitGroup>, pending: &Pending, parent: &Span) -> GroupRun {
+    fn start_group(&self, group: Box<ExitGroup>, pending: &Pending, parent: &Trace) -> GroupRun {
+        let parent = parent.as_ref().map(|t| &t.0);
         let mut run = GroupRun::default();
         let mut queue = vec![group];
         let mut index = 0;
         while let Some(mut group) = queue.pop() {
             for member in group.registry.take() {
                 index += 1;
-                let label = member.label();
-                let span = debug_span!(parent: parent, "exit", resource = %label, outcome = field::Empty, elapsed_us = field::Empty);
-                let started = (!span.is_disabled()).then(std::time::Instant::now);
-                let until = self.until(member.options.timeout);
+                let timeout = member.timeout();
+                let label = member.label(self.detailed || timeout.is_some());
+                let trace = parent.and_then(|p| self.trace(Some(p), &label));
+                let until = self.until(timeout);
                 let outcome = match member.exit {
                     Exit::Group(nested) => {
                         queue.push(nested.into_box());
@@ -284,23 +394,26 @@ impl Unwind {
                     }
                     Exit::Sync(exit) => {
                         let exit = exit.into_box();
-                        flatten(span.in_scope(|| catch_unwind(AssertUnwindSafe(|| exit.exit(pending)))))
+                        let run = || catch_unwind(AssertUnwindSafe(|| exit.exit(pending)));
+                        flatten(match &trace {
+                            Some(t) => t.0.in_scope(run),
+                            None => run(),
+                        })
                     }
                     Exit::Async(exit) => {
                         let exit = exit.into_box();
                         let pending = pending.clone();
                         match catch_unwind(AssertUnwindSafe(|| exit.start(pending))) {
-                            Ok(mut future) => {
-                                run.running.push(Box::pin(async move {
-                                    let outcome = drive(future.as_mut(), span.clone(), until).await;
-                                    Member {
-                                        index,
+                            Ok(future) => {
+                                run.running.push(MemberRun {
+                                    index,
+                                    flight: Some(InFlight {
+                                        work: Work::One(future),
                                         label,
-                                        span,
-                                        started,
-                                        outcome,
-                                    }
-                                }));
+                                        trace,
+                                        until,
+                                    }),
+                                });
                                 continue;
                             }
                             Err(payload) => Err(Fail::Panic(payload)),
@@ -310,8 +423,7 @@ impl Unwind {
                 run.done.push(Member {
                     index,
                     label,
-                    span,
-                    started,
+                    trace,
                     outcome,
                 });
             }
@@ -319,59 +431,45 @@ impl Unwind {
         run
     }
 
-    /// The earlier of the entry's own timeout and the unwind's deadline.
-    fn until(&self, timeout: Option<Duration>) -> Option<(Instant, Duration)> {
+    /// The earlier of the entry's own timeout and the unwind's deadline, as
+    /// a timer; `None` (and no timer) for most entries.
+    fn until(&self, timeout: Option<Duration>) -> Option<Deadline> {
         if timeout.is_none() && self.deadline.is_none() {
             return None;
         }
         let now = Instant::now();
         let own = timeout.map(|t| (now + t, t));
         let whole = self.deadline.map(|d| (d, d.saturating_duration_since(now)));
-        match (own, whole) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        }
-    }
-
-    async fn drive_current(&mut self) {
-        let Some(flight) = self.current.as_mut() else { return };
-        let outcome = match &mut flight.work {
-            Work::One(future) => drive(future.as_mut(), flight.span.clone(), flight.until).await,
-            Work::Group(run) => {
-                while let Some(member) = run.running.next().await {
-                    run.done.push(member);
+        let (at, given) = match (own, whole) {
+            (Some(a), Some(b)) => {
+                if a.0 <= b.0 {
+                    a
+                } else {
+                    b
                 }
-                Ok(Flow::Propagate)
             }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
         };
-        let Some(flight) = self.current.take() else { return };
-        match flight.work {
-            // A timed-out future (and the resource it owns) is dropped here.
-            Work::One(future) => drop(future),
-            Work::Group(run) => {
-                // Fold members in newest-first registration order, as if they
-                // had run in sequence: the result does not depend on timing.
-                let mut done = run.done;
-                done.sort_unstable_by_key(|m| std::cmp::Reverse(m.index));
-                for m in done {
-                    self.settle(m.label, &m.span, m.started, m.outcome);
-                }
-            }
-        }
-        self.settle(flight.label, &flight.span, flight.started, outcome);
+        Some(Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            given,
+        })
     }
 
     /// Folds one entry's outcome into the pending error.
-    fn settle(
-        &mut self,
-        label: Cow<'static, str>,
-        span: &Span,
-        started: Option<std::time::Instant>,
-        outcome: Result<Flow, Fail>,
-    ) {
-        if let Some(started) = started {
-            span.record("elapsed_us", started.elapsed().as_micros() as u64);
+    fn settle(&mut self, label: Cow<'static, str>, trace: Trace, outcome: Result<Flow, Fail>) {
+        if trace.is_none() && matches!(outcome, Ok(Flow::Propagate)) {
+            return; // the common case: nothing to record, nothing pending changes
         }
+        let span = match trace {
+            Some(t) => {
+                let (span, started) = *t;
+                span.record("elapsed_us", started.elapsed().as_micros() as u64);
+                span
+            }
+            None => Span::none(),
+        };
         let _enter = span.enter();
         match outcome {
             Ok(Flow::Propagate) => {
@@ -456,7 +554,11 @@ impl Unwind {
             match entry.exit {
                 Exit::Sync(_) => self.start(entry),
                 Exit::Async(exit) => {
-                    not_run.push(entry.options.label.unwrap_or_else(|| exit.get().label()));
+                    let label = entry
+                        .options
+                        .and_then(|o| o.label)
+                        .unwrap_or_else(|| exit.get().label());
+                    not_run.push(label);
                     let _ = catch_unwind(AssertUnwindSafe(move || exit.into_box().abandon()));
                 }
                 // Its members are lost or run like plain entries, newest
@@ -494,6 +596,8 @@ impl Unwind {
             budget: self.budget,
             deadline: self.deadline,
             span: self.span.take(),
+            detailed: self.detailed,
+            spans: self.spans,
             done: false,
         }
     }
