@@ -54,12 +54,14 @@ pub(crate) struct Entry {
 impl Options {
     /// `None` for the defaults, so that plain registrations allocate nothing
     /// for them.
+    #[inline]
     pub(crate) fn boxed(self) -> Option<Box<Options>> {
         (self.label.is_some() || self.timeout.is_some()).then(|| Box::new(self))
     }
 }
 
 impl Entry {
+    #[inline]
     pub(crate) fn timeout(&self) -> Option<Duration> {
         self.options.as_ref().and_then(|o| o.timeout)
     }
@@ -67,6 +69,7 @@ impl Entry {
     /// The caller's label, else the exit's own (`detailed`: as its
     /// `AsyncExit::label` says, which may format; otherwise its type name,
     /// which costs nothing).
+    #[inline]
     pub(crate) fn label(&self, detailed: bool) -> Cow<'static, str> {
         if let Some(label) = self.options.as_ref().and_then(|o| o.label.as_ref()) {
             return label.clone();
@@ -113,6 +116,7 @@ impl From<Vec<Entry>> for Registry {
 }
 
 impl Registry {
+    #[inline]
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
         // A panic while holding this lock can only come from a failed
         // allocation in `Vec::push`; the vector is still consistent.
@@ -136,6 +140,7 @@ impl Registry {
         EntryBuilder::new(self)
     }
 
+    #[inline]
     fn push(&self, exit: Exit, options: Options) {
         let options = options.boxed();
         self.lock().push(Entry { exit, options });

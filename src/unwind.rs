@@ -138,6 +138,7 @@ impl InFlight {
     /// Polls the exit (its span entered, panics caught per poll so the
     /// future stays usable by a cancelled unwind's successor), then its
     /// timer, as `tokio::time::timeout` does.
+    #[inline]
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Flow, Fail>> {
         let _entered = self.trace.as_ref().map(|t| t.0.enter());
         match &mut self.work {
@@ -239,6 +240,7 @@ impl Unwind {
         self.current.is_none() && self.budget.is_none() && !self.entries.iter().any(Entry::needs_runtime)
     }
 
+    #[inline]
     fn pending(&self) -> Pending {
         Pending {
             error: self.chain.last().cloned(),
@@ -290,6 +292,7 @@ impl Unwind {
         }
     }
 
+    #[inline]
     fn finish_flight(&mut self, flight: InFlight, outcome: Result<Flow, Fail>) {
         let InFlight {
             work,
@@ -316,6 +319,7 @@ impl Unwind {
 
     /// Starts one entry: sync exits run to completion here, async exits
     /// become the in-flight future.
+    #[inline]
     pub(crate) fn start(&mut self, entry: Entry) {
         let timeout = entry.timeout();
         let label = entry.label(self.detailed || timeout.is_some());
@@ -360,6 +364,7 @@ impl Unwind {
 
     /// The span of one entry, and when it started; nothing when entry spans
     /// are not recorded.
+    #[inline]
     fn trace(&self, parent: Option<&Span>, label: &str) -> Trace {
         if !self.spans {
             return None;
@@ -433,6 +438,7 @@ impl Unwind {
 
     /// The earlier of the entry's own timeout and the unwind's deadline, as
     /// a timer; `None` (and no timer) for most entries.
+    #[inline]
     fn until(&self, timeout: Option<Duration>) -> Option<Deadline> {
         if timeout.is_none() && self.deadline.is_none() {
             return None;
