@@ -61,6 +61,13 @@ async fn round(workload: &str, n: usize) {
             }
             stack.aclose().await.unwrap();
         }
+        "stack-pushed-resources" => {
+            let mut stack = AsyncExitStack::new();
+            for i in 0..n {
+                black_box(&stack.push_resource(Resource(i as u64)).0);
+            }
+            stack.aclose().await.unwrap();
+        }
         "erased-callbacks" | "erased-resources" => {
             let mut list: Vec<Erased> = Vec::new();
             for i in 0..n {
