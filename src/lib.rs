@@ -71,6 +71,55 @@
 //! | `ExceptionGroup` / `__context__` chain | [`Error`]: every error, newest first |
 //! | — | a dropped stack cleans up in the background; [`drain`] waits for it |
 //!
+//! # Supported tokio types
+//!
+//! Each family is behind a cargo feature named like tokio's; all are on by
+//! default. With `default-features = false` the crate needs only tokio's
+//! `rt` and `time`.
+//!
+//! | Type | Feature | Exit when the scope succeeded | Exit on failure or abandonment | No runtime left (`abandon`) |
+//! |---|---|---|---|---|
+//! | `TcpStream`, `UnixStream` | `net` | shut down the write side, then drain unread input (at most [`DRAIN_LIMIT`] bytes, [`DRAIN_TIMEOUT`]), so the peer sees a clean EOF, never a reset | same | shut down the write side, drain what is already buffered |
+//! | `fs::File` | `fs` | flush, reporting the error a drop would lose | same | dropped |
+//! | [`fs::Durable`] (a `File`) | `fs` | flush, then `sync_all` | same | dropped |
+//! | `BufWriter<W>` | `io-util` | flush and shut down: no buffered byte lost | same | dropped (its buffer is lost) |
+//! | `BufStream<S>` | `io-util` | flush, shut down, drain (bounded) | same | dropped |
+//! | `Arc<Semaphore>` (enters as `OwnedSemaphorePermit`) | `sync` | release, inline, no task | same | release |
+//! | `Arc<Mutex<T>>` (enters as `OwnedMutexGuard`), owned rwlock guards | `sync` | unlock, inline, no task | same | unlock |
+//! | `process::Child` | `process` | wait for it to exit | kill, then reap: no zombie | kill; reap if it already exited |
+//! | `JoinHandle<T>` | `rt` | await it; a panicked task is a [`TaskError`] | abort, then await (reap) | abort |
+//! | `JoinSet<T>` | `rt` | await every task; the first failure is a [`TaskError`] | abort all, await all | abort all |
+//!
+//! A release that fails returns a [`ResourceError`] naming the resource
+//! and the step (`shutdown of TcpStream(127.0.0.1:40312 -> 127.0.0.1:8080)
+//! failed during cleanup`, with the I/O error as its `source()`), and the
+//! unwind carries on with the next entry.
+//!
+//! # Beyond Python
+//!
+//! * **Dropped without `aclose`** (a timed-out request, a lost `select!`
+//!   branch, a panic): the remaining entries run in one background task on
+//!   the runtime the stack was created on, told [`Pending::is_abandoned`].
+//!   A stack of permits and guards only is released inline.
+//! * **Cancelled `aclose`**: the entries that had not finished run in the
+//!   background, each exactly once; the one in flight is resumed, not
+//!   restarted.
+//! * **Shutdown**: call [`drain`] before `main` returns to let background
+//!   cleanups finish, with a deadline; it reports how many finished, failed,
+//!   were lost or cut off. A cleanup lost to shutdown, or dropped where no
+//!   runtime exists, is an ERROR event naming it, never silent.
+//! * **Panics** in a cleanup do not stop the others; `aclose` resumes the
+//!   first once all have run.
+//! * **Timeouts**: per entry ([`EntryBuilder::timeout`]) and for a whole
+//!   unwind ([`AsyncExitStack::set_unwind_timeout`]).
+//! * **Concurrent groups** ([`AsyncExitStack::enter_group`]) close many
+//!   similar resources at once, in their place in the LIFO order.
+//! * **Strict mode** ([`set_strict`], or `TOKIO_EXIT_STACK_STRICT=1`) makes
+//!   a forgotten `aclose` panic at the drop site, for test suites.
+//!
+//! Nothing in the crate blocks in `Drop`, builds a runtime, uses
+//! `block_in_place`, or calls `Handle::current()`.
+//!
 //! # Ownership
 //!
 //! The stack owns every resource, so it can release it even from `Drop`;
@@ -85,6 +134,13 @@
 //!
 //! Implement [`AsyncExit`] (with [`macro@async_trait`]); it then also enters as
 //! itself. See the trait's docs.
+//!
+//! # Costs
+//!
+//! `new()` allocates nothing. An async callback costs one allocation, an
+//! entered resource two (itself, and its exit future). Measured against a
+//! hand-rolled list of boxed futures and against Python in
+//! `BENCHMARKS.md`.
 //!
 //! # Observability
 //!

@@ -2,18 +2,7 @@
 //! the tokio types users most often release wrongly, one file per tokio
 //! area, each behind the cargo feature named like tokio's.
 //!
-//! | Type | Feature | Exit on success | Exit on failure or abandonment | No runtime (`abandon`) |
-//! |---|---|---|---|---|
-//! | `TcpStream`, `UnixStream` | `net` | shut down the write side, then drain unread input (bounded), so the peer sees a clean EOF, never a reset | same | shut down the write side, drain what is already buffered |
-//! | `fs::File` | `fs` | flush, reporting the error a drop would lose | same | dropped |
-//! | [`fs::Durable`](crate::fs::Durable)`<File>` | `fs` | flush, then `sync_all` | same | dropped |
-//! | `BufWriter<W>` | `io-util` | flush and shut down: no buffered byte lost | same | dropped (buffer lost) |
-//! | `BufStream<S>` | `io-util` | flush, shut down, drain (bounded) | same | dropped |
-//! | `Arc<Semaphore>` (enters as `OwnedSemaphorePermit`) | `sync` | release, inline | same | release |
-//! | `Arc<Mutex<T>>` (enters as `OwnedMutexGuard`), owned rwlock guards | `sync` | unlock, inline | same | unlock |
-//! | `process::Child` | `process` | wait for it to exit | kill, then reap: no zombie | kill, reap if already exited |
-//! | `JoinHandle<T>` | `rt` | await it; a panicked task is an error | abort, then await | abort |
-//! | `JoinSet<T>` | `rt` | await every task; failures are errors | abort all, await all | abort all |
+//! The table of what each exit does is in the crate docs.
 //!
 //! A release that fails reports a [`ResourceError`](crate::ResourceError)
 //! naming the resource and the step (S32); the unwind carries on.
