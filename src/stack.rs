@@ -514,3 +514,91 @@ where
         stack.unwind(chain, Reason::ScopeEnd).await.map(|()| value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The arena under Miri: `cargo +nightly miri test --lib`. No runtime:
+    //! every future here finishes on its first poll.
+    use super::*;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Waker};
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = pin!(future);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+        }
+    }
+
+    struct Resource {
+        data: Vec<u8>,
+        closed: Arc<AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl AsyncExit for Resource {
+        async fn exit(self: Box<Self>, _: Pending) -> Result<Flow, BoxError> {
+            self.closed.fetch_add(self.data.len(), Ordering::SeqCst);
+            Ok(Flow::Propagate)
+        }
+        fn needs_runtime(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn lent_resources_stay_valid_while_the_stack_grows_and_are_freed_once() {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let mut stack = AsyncExitStack::new();
+        {
+            let a = stack.push_resource(Resource {
+                data: vec![1],
+                closed: closed.clone(),
+            });
+            let b = block_on(stack.enter_async_context(Resource {
+                data: vec![2, 2],
+                closed: closed.clone(),
+            }))
+            .unwrap();
+            let c = stack.enter_context(String::from("c"));
+            // grow the entry vector many times while a, b and c are borrowed
+            for i in 0..100 {
+                stack.callback(move || {
+                    std::hint::black_box(i);
+                });
+                stack.push_async_callback(|| async {});
+            }
+            let group = stack.enter_group();
+            let d = group.push_resource(Resource {
+                data: vec![4; 4],
+                closed: closed.clone(),
+            });
+            a.data.push(1);
+            b.data.push(2);
+            c.push('!');
+            d.data.push(4);
+            assert_eq!((a.data.len(), b.data.len(), c.as_str(), d.data.len()), (2, 3, "c!", 5));
+        }
+        let mut moved = stack.pop_all();
+        block_on(moved.aclose()).unwrap();
+        assert_eq!(closed.load(Ordering::SeqCst), 2 + 3 + 5);
+    }
+
+    #[test]
+    fn a_stack_dropped_without_a_runtime_frees_every_entry() {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let stack = AsyncExitStack::new();
+        let r = stack.push_resource(Resource {
+            data: vec![1, 2, 3],
+            closed: closed.clone(),
+        });
+        r.data.clear();
+        stack.push_async_callback(|| async {}); // needs a runtime: abandoned
+        stack.enter_context(vec![0u8; 16]);
+        drop(stack); // no runtime: synchronous best effort, and no leak
+    }
+}
