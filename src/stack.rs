@@ -23,10 +23,10 @@
 //! The cost is a few lines of `unsafe` in `owned.rs`, with the soundness
 //! argument written there and checked by Miri.
 //!
-//! Registration takes `&self`, so the entry vector sits behind a
-//! `std::sync::Mutex` (uncontended: one atomic swap per registration; it is
-//! never held across an `.await`). That is what makes `&AsyncExitStack`,
-//! and so a future holding it, `Send`.
+//! Registration takes `&self`, so the entry vector sits behind a short
+//! spin lock (see `Registry` in `entry.rs`), never held across an
+//! `.await`. That is what makes `&AsyncExitStack`, and so a future holding
+//! it, `Send`.
 
 use std::borrow::Cow;
 use std::fmt;

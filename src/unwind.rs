@@ -285,9 +285,19 @@ impl Unwind {
                 }
                 continue;
             }
-            match self.entries.pop() {
-                Some(entry) => self.start(entry),
-                None => return Poll::Ready(()),
+            let Some(entry) = self.entries.pop() else {
+                return Poll::Ready(());
+            };
+            // Poll a new exit right away: most finish on their first poll,
+            // and then never need to be stored.
+            if let Some(mut flight) = self.start(entry) {
+                match flight.poll(cx) {
+                    Poll::Ready(outcome) => self.finish_flight(flight, outcome),
+                    Poll::Pending => {
+                        self.current = Some(flight);
+                        return Poll::Pending;
+                    }
+                }
             }
         }
     }
@@ -317,10 +327,11 @@ impl Unwind {
         self.settle(label, trace, outcome);
     }
 
-    /// Starts one entry: sync exits run to completion here, async exits
-    /// become the in-flight future.
+    /// Starts one entry: sync exits run to completion here; an async exit
+    /// is handed back as the in-flight future for the caller to poll.
     #[inline]
-    pub(crate) fn start(&mut self, entry: Entry) {
+    #[must_use]
+    fn start(&mut self, entry: Entry) -> Option<InFlight> {
         let timeout = entry.timeout();
         let label = entry.label(self.detailed || timeout.is_some());
         let trace = self.trace(None, &label);
@@ -334,30 +345,31 @@ impl Unwind {
                     None => run(),
                 };
                 self.settle(label, trace, flatten(outcome));
+                None
             }
             Exit::Async(exit) => {
                 let exit = exit.into_box();
                 match catch_unwind(AssertUnwindSafe(|| exit.start(pending))) {
-                    Ok(future) => {
-                        let until = self.until(timeout);
-                        self.current = Some(InFlight {
-                            work: Work::One(future),
-                            label,
-                            trace,
-                            until,
-                        });
+                    Ok(future) => Some(InFlight {
+                        work: Work::One(future),
+                        label,
+                        trace,
+                        until: self.until(timeout),
+                    }),
+                    Err(payload) => {
+                        self.settle(label, trace, Err(Fail::Panic(payload)));
+                        None
                     }
-                    Err(payload) => self.settle(label, trace, Err(Fail::Panic(payload))),
                 }
             }
             Exit::Group(group) => {
                 let run = self.start_group(group.into_box(), &pending, &trace);
-                self.current = Some(InFlight {
+                Some(InFlight {
                     work: Work::Group(Box::new(run)),
                     label,
                     trace,
                     until: None,
-                });
+                })
             }
         }
     }
@@ -558,7 +570,9 @@ impl Unwind {
         }
         while let Some(entry) = self.entries.pop() {
             match entry.exit {
-                Exit::Sync(_) => self.start(entry),
+                Exit::Sync(_) => {
+                    let _sync_entries_finish_here = self.start(entry);
+                }
                 Exit::Async(exit) => {
                     let label = entry
                         .options
