@@ -32,6 +32,7 @@ use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
 /// `FuturesUnordered` of the members' exit futures at unwind.
 ///
 /// ```
+/// # #[cfg(feature = "net")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use tokio::net::{TcpListener, TcpStream};
@@ -48,6 +49,7 @@ use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
 /// assert_eq!(pool.len(), 8);
 /// stack.aclose().await?; // the 8 connections shut down concurrently
 /// # Ok(()) }
+/// # #[cfg(not(feature = "net"))] fn main() {}
 /// ```
 #[derive(Default)]
 pub struct ExitGroup {

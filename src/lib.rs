@@ -22,6 +22,7 @@
 //! [`drain`] lets `main` wait for those tasks before it returns.
 //!
 //! ```
+//! # #[cfg(all(feature = "net", feature = "fs", feature = "sync"))]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use std::sync::Arc;
@@ -50,6 +51,7 @@
 //! assert_eq!(limit.available_permits(), 1);
 //! assert_eq!(std::fs::read(log.path())?, b"sent ping");
 //! # Ok(()) }
+//! # #[cfg(not(all(feature = "net", feature = "fs", feature = "sync")))] fn main() {}
 //! ```
 //!
 //! # From Python to Rust

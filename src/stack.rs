@@ -73,6 +73,7 @@ use crate::unwind::{Mode, Reason, Unwind};
 /// # Example
 ///
 /// ```
+/// # #[cfg(feature = "fs")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use tokio::io::AsyncWriteExt;
@@ -87,6 +88,7 @@ use crate::unwind::{Mode, Reason, Unwind};
 /// b.write_all(b"and flushed on aclose").await?;
 /// stack.aclose().await?; // b flushed, then a, then the callback runs
 /// # Ok(()) }
+/// # #[cfg(not(feature = "fs"))] fn main() {}
 /// ```
 pub struct AsyncExitStack {
     /// Registered entries; the newest is last.
@@ -180,6 +182,7 @@ impl AsyncExitStack {
     /// [`enter_async_context`](Self::enter_async_context).
     ///
     /// ```
+    /// # #[cfg(feature = "net")]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -189,6 +192,7 @@ impl AsyncExitStack {
     /// assert!(conn.peer_addr().is_ok());
     /// stack.aclose().await.map_err(std::io::Error::other)?;
     /// # Ok(()) }
+    /// # #[cfg(not(feature = "net"))] fn main() {}
     /// ```
     pub fn push_resource<T: AsyncExit>(&self, resource: T) -> &mut T {
         self.entry().push_resource(resource)
@@ -482,6 +486,7 @@ impl<'s> EntryBuilder<'s> {
 /// every entry not yet run still runs in the background (S21).
 ///
 /// ```
+/// # #[cfg(feature = "net")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tokio_exit_stack::Error> {
 /// use tokio::net::{TcpListener, TcpStream};
@@ -498,6 +503,7 @@ impl<'s> EntryBuilder<'s> {
 /// .await?; // the connection is shut down cleanly here
 /// assert_eq!(sent, Some(5));
 /// # Ok(()) }
+/// # #[cfg(not(feature = "net"))] fn main() {}
 /// ```
 #[track_caller]
 pub fn scope<F, T, E>(body: F) -> impl Future<Output = Result<Option<T>, Error>>

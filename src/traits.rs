@@ -206,6 +206,7 @@ pub struct Acquire<F>(F);
 /// untouched and hands back its own error.
 ///
 /// ```
+/// # #[cfg(feature = "net")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> std::io::Result<()> {
 /// use tokio::net::{TcpListener, TcpStream};
@@ -218,6 +219,7 @@ pub struct Acquire<F>(F);
 /// assert_eq!(conn.peer_addr()?, addr);
 /// stack.aclose().await.map_err(std::io::Error::other)?;
 /// # Ok(()) }
+/// # #[cfg(not(feature = "net"))] fn main() {}
 /// ```
 pub fn acquire<F, R, E>(future: F) -> Acquire<F>
 where

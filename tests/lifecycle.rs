@@ -232,3 +232,73 @@ both_flavours! {
         assert_eq!(log.take(), ["body-entry abandoned: Dropped"]);
     }
 }
+
+/// S25: both flavours, built by hand: a stack filled, closed, and another
+/// dropped without `aclose`, on each, with the drop's cleanup finishing on
+/// a `current_thread` runtime too (where `block_in_place` would panic).
+#[test]
+fn s25_stacks_close_and_drop_on_both_runtime_flavours() {
+    for rt in [
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ] {
+        let flavour = rt.handle().runtime_flavor();
+        rt.block_on(async {
+            let log = Log::default();
+            let mut stack = AsyncExitStack::new();
+            record(&stack, "closed", &log);
+            stack.aclose().await.unwrap();
+            let stack = AsyncExitStack::new();
+            let done = signal(&stack);
+            record(&stack, "dropped", &log);
+            drop(stack);
+            done.await.unwrap();
+            assert_eq!(log.take(), ["closed ok", "dropped abandoned: Dropped"], "{flavour:?}");
+        });
+    }
+}
+
+/// S25 and pitfalls P5 to P8: the library's source never blocks, never
+/// builds a runtime, and never reaches for the ambient runtime in a way
+/// that panics outside one. Checked on the source itself, so a change that
+/// adds one fails here.
+#[test]
+fn s25_the_source_never_blocks_builds_a_runtime_or_calls_handle_current() {
+    let forbidden = [
+        "block_in_place",
+        "block_on",
+        "Runtime::new",
+        "runtime::Builder",
+        "Handle::current()",
+        "tokio::spawn(",
+        "std::thread::sleep",
+    ];
+    let mut files = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+    let mut checked = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        // Only the library's code: unit tests may block on a future.
+        let code = source.split("#[cfg(test)]").next().unwrap();
+        for word in forbidden {
+            for (n, line) in code.lines().enumerate() {
+                let line = line.trim_start();
+                if line.contains(word) && !line.starts_with("//") {
+                    panic!("{}:{}: `{word}` in library code: {line}", path.display(), n + 1);
+                }
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "found the source files ({checked})");
+}
