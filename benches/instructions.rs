@@ -14,36 +14,12 @@
 //! `erased-resources`; the second argument is the number of entries. Each
 //! runs 1,000 register + unwind rounds after one warm-up round.
 
-use std::future::Future;
+mod common;
+
+use common::{Erased, Resource, cleanup};
 use std::hint::black_box;
-use std::pin::Pin;
 
-use tokio_exit_stack::{AsyncExit, AsyncExitStack, BoxError, Flow, Pending, async_trait};
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
-type Erased = Box<dyn FnOnce() -> BoxFuture + Send>;
-
-struct Resource(u64);
-
-impl Resource {
-    async fn close(self) -> Result<(), BoxError> {
-        black_box(self.0);
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl AsyncExit for Resource {
-    async fn exit(self: Box<Self>, _: Pending) -> Result<Flow, BoxError> {
-        black_box(self.0);
-        Ok(Flow::Propagate)
-    }
-}
-
-async fn cleanup(i: usize) -> Result<(), BoxError> {
-    black_box(i);
-    Ok(())
-}
+use tokio_exit_stack::AsyncExitStack;
 
 async fn round(workload: &str, n: usize) {
     match workload {

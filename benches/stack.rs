@@ -16,17 +16,15 @@
 //! * `tracing/{no_subscriber,filtered_out}`: the instrumentation's cost
 //!   with no subscriber, and with one that filters the crate's spans out.
 
-use std::future::Future;
+mod common;
+
+use common::{Erased, Resource, cleanup};
 use std::hint::black_box;
-use std::pin::Pin;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
-use tokio_exit_stack::{AsyncExit, AsyncExitStack, BoxError, Flow, Pending, async_trait};
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
-type Erased = Box<dyn FnOnce() -> BoxFuture + Send>;
+use tokio_exit_stack::AsyncExitStack;
 
 const SIZES: [usize; 4] = [1, 10, 100, 1000];
 
@@ -35,29 +33,6 @@ fn runtime() -> Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A resource whose release does a little work, like closing a handle.
-struct Resource(u64);
-
-impl Resource {
-    async fn close(self) -> Result<(), BoxError> {
-        black_box(self.0);
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl AsyncExit for Resource {
-    async fn exit(self: Box<Self>, _: Pending) -> Result<Flow, BoxError> {
-        black_box(self.0);
-        Ok(Flow::Propagate)
-    }
-}
-
-async fn cleanup(i: usize) -> Result<(), BoxError> {
-    black_box(i);
-    Ok(())
 }
 
 fn register_unwind(c: &mut Criterion) {

@@ -92,6 +92,10 @@
 //! | `JoinHandle<T>` | `rt` | await it; a panicked task is a [`TaskError`] | abort, then await (reap) | abort |
 //! | `JoinSet<T>` | `rt` | await every task; the first failure is a [`TaskError`] | abort all, await all | abort all |
 //!
+//! The stream exits bound their drain with a timer, as do entry timeouts and
+//! [`drain`]: they need the runtime's time driver, which `#[tokio::main]`,
+//! `#[tokio::test]` and `Builder::enable_all` turn on.
+//!
 //! A release that fails returns a [`ResourceError`] naming the resource
 //! and the step (`shutdown of TcpStream(127.0.0.1:40312 -> 127.0.0.1:8080)
 //! failed during cleanup`, with the I/O error as its `source()`), and the

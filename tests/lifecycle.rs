@@ -12,6 +12,21 @@ use common::{Capture, Log};
 use tokio::sync::{Notify, oneshot};
 use tokio_exit_stack::{Abandoned, AsyncExitStack, BoxError, Flow, Pending, scope};
 
+/// A `current_thread` and a `multi_thread` runtime, built by hand.
+fn both_runtimes() -> [tokio::runtime::Runtime; 2] {
+    [
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ]
+}
+
 /// Registers an async exit that records its name and how it was told the
 /// scope ended.
 fn record(stack: &AsyncExitStack, name: &'static str, log: &Log) {
@@ -121,17 +136,7 @@ both_flavours! {
 #[cfg(feature = "net")]
 #[test]
 fn s20_a_drop_on_a_foreign_thread_runs_on_the_creating_runtime() {
-    for rt in [
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-    ] {
+    for rt in both_runtimes() {
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -238,17 +243,7 @@ both_flavours! {
 /// a `current_thread` runtime too (where `block_in_place` would panic).
 #[test]
 fn s25_stacks_close_and_drop_on_both_runtime_flavours() {
-    for rt in [
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-    ] {
+    for rt in both_runtimes() {
         let flavour = rt.handle().runtime_flavor();
         rt.block_on(async {
             let log = Log::default();

@@ -13,7 +13,8 @@ pub const DRAIN_LIMIT: usize = 1 << 20;
 /// At most this long is spent draining unread input when a stream is
 /// closed, waiting for the peer's EOF (a "lingering close"). A peer that
 /// neither writes nor closes costs this much; one that closes costs a
-/// round trip.
+/// round trip. The bound is a tokio timer: it needs the runtime's time
+/// driver (`enable_time`, part of `enable_all` and `#[tokio::main]`).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Reads and discards until EOF, `DRAIN_LIMIT` bytes, or `DRAIN_TIMEOUT`.
