@@ -173,7 +173,8 @@ impl AsyncExitStack {
     ///
     /// Costs the enter itself plus one allocation for the resource.
     pub async fn enter_async_context<C: AsyncEnter>(&self, cm: C) -> Result<&mut C::Resource, C::Error> {
-        self.entry().enter_async_context(cm).await
+        let resource = cm.enter().await?;
+        Ok(self.registry.register_async(resource, Options::default()))
     }
 
     /// Registers an already open resource's exit without entering anything

@@ -304,14 +304,9 @@ impl Unwind {
 
     #[inline]
     fn finish_flight(&mut self, flight: InFlight, outcome: Result<Flow, Fail>) {
-        let InFlight {
-            work,
-            label,
-            trace,
-            until,
-        } = flight;
-        // A timed-out future (and the resource it owns) is dropped here.
-        drop(until);
+        // The exit's future (for one that timed out: with the resource it
+        // owned) and its timer are dropped on return.
+        let InFlight { work, label, trace, .. } = flight;
         if let Work::Group(run) = work {
             // Fold members in newest-first registration order, as if they
             // had run in sequence: the result does not depend on timing.
