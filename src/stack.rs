@@ -252,6 +252,12 @@ impl AsyncExitStack {
     }
 
     /// Registers a synchronous callback; it runs inline at unwind.
+    ///
+    /// Like a `Drop`, a synchronous callback or exit may run while a panic
+    /// unwinds (a stack dropped by a panic releases its synchronous entries
+    /// inline); a panic inside it then aborts the process, as a panicking
+    /// `Drop` would. An async exit runs there only if its
+    /// [`AsyncExit::needs_runtime`] says it may.
     pub fn callback<F, R>(&self, callback: F)
     where
         F: FnOnce() -> R + Send + 'static,
