@@ -185,16 +185,17 @@ both_flavours! {
 both_flavours! {
     async fn s21_a_cancelled_aclose_finishes_in_the_background_without_rerunning_anything() {
         let log = Log::default();
-        let gate = Arc::new(Notify::new());
+        let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let runs = Arc::new(AtomicUsize::new(0));
         let mut stack = AsyncExitStack::new();
         let done = signal(&stack);
         record(&stack, "oldest", &log);
         {
-            let (gate, runs, log) = (gate.clone(), runs.clone(), log.clone());
+            let (started, gate, runs, log) = (started.clone(), gate.clone(), runs.clone(), log.clone());
             stack.push_async_exit(move |pending: Pending| async move {
                 runs.fetch_add(1, Ordering::SeqCst);
                 log.push(format!("middle started ok={}", pending.is_ok()));
+                started.notify_one();
                 gate.notified().await; // aclose is cancelled while this waits
                 log.push("middle finished");
                 Ok::<_, BoxError>(Flow::Propagate)
@@ -202,8 +203,13 @@ both_flavours! {
         }
         record(&stack, "newest", &log);
 
-        let cancelled = tokio::time::timeout(Duration::from_millis(20), stack.aclose()).await;
-        assert!(cancelled.is_err(), "aclose was cancelled mid-unwind");
+        // Drop the aclose future once the middle exit is running.
+        let cancelled = tokio::select! {
+            biased;
+            _ = stack.aclose() => false,
+            () = started.notified() => true,
+        };
+        assert!(cancelled, "aclose was cancelled mid-unwind");
         assert!(stack.is_empty(), "the entries left the stack when the unwind started");
         assert_eq!(log.get(), ["newest ok", "middle started ok=true"]);
 
@@ -220,6 +226,7 @@ both_flavours! {
 
 both_flavours! {
     async fn s21_a_scope_cancelled_in_its_body_or_unwind_runs_every_entry_once() {
+        // Cancelled in the body.
         let log = Log::default();
         let l = log.clone();
         let body_cancelled = tokio::time::timeout(
@@ -235,6 +242,34 @@ both_flavours! {
             tokio::task::yield_now().await;
         }
         assert_eq!(log.take(), ["body-entry abandoned: Dropped"]);
+
+        // Cancelled during the unwind, with an exit in flight.
+        let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (tx, done) = oneshot::channel();
+        let (s, g, r, l) = (started.clone(), gate.clone(), runs.clone(), log.clone());
+        let unwinding = scope(async move |stack| {
+            stack.push_async_callback(move || async move {
+                let _ = tx.send(());
+            });
+            record(stack, "older", &l);
+            stack.push_async_callback(move || async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                s.notify_one();
+                g.notified().await;
+            });
+            Ok::<_, BoxError>(())
+        });
+        let cancelled = tokio::select! {
+            biased;
+            _ = unwinding => false,
+            () = started.notified() => true,
+        };
+        assert!(cancelled, "the scope was cancelled mid-unwind");
+        gate.notify_one();
+        done.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the in-flight exit ran once");
+        assert_eq!(log.take(), ["older abandoned: Cancelled"]);
     }
 }
 
