@@ -143,7 +143,11 @@ impl Registry {
     #[inline]
     fn push(&self, exit: Exit, options: Options) {
         let options = options.boxed();
-        self.lock().push(Entry { exit, options });
+        let mut entries = self.lock();
+        if entries.capacity() == 0 {
+            *entries = spare::take();
+        }
+        entries.push(Entry { exit, options });
     }
 
     /// Moves `value` into its own allocation, registers it as the newest
@@ -173,6 +177,46 @@ impl Registry {
         let (owner, borrow) = unsafe { owned::alloc(group, |p| p) };
         self.push(Exit::Group(owner), options);
         borrow
+    }
+}
+
+/// One spare entry vector per thread: a finished unwind leaves its (empty)
+/// vector here, and the next stack registered on the thread starts from it
+/// instead of growing a new one (4, 8, 16, ... slots). A service creates a
+/// stack per request on the same few worker threads, so in steady state
+/// registering allocates only the entries themselves. At most
+/// `MAX_SLOTS` slots (32 KiB) are kept per thread.
+pub(crate) mod spare {
+    use std::cell::Cell;
+
+    use super::Entry;
+
+    const MAX_SLOTS: usize = 1024;
+
+    thread_local! {
+        static SPARE: Cell<Vec<Entry>> = const { Cell::new(Vec::new()) };
+    }
+
+    /// The thread's spare vector (empty), or a new one.
+    pub(crate) fn take() -> Vec<Entry> {
+        SPARE.try_with(Cell::take).unwrap_or_default()
+    }
+
+    /// Keeps `entries` (emptied) as the thread's spare if it is larger than
+    /// the one kept, and not too large; frees it otherwise.
+    pub(crate) fn give(mut entries: Vec<Entry>) {
+        entries.clear();
+        if entries.capacity() == 0 || entries.capacity() > MAX_SLOTS {
+            return;
+        }
+        let _ = SPARE.try_with(|spare| {
+            let kept = spare.take();
+            spare.set(if kept.capacity() >= entries.capacity() {
+                kept
+            } else {
+                entries
+            });
+        });
     }
 }
 

@@ -621,6 +621,10 @@ impl Unwind {
 impl Drop for Unwind {
     fn drop(&mut self) {
         if self.done || self.remaining() == 0 {
+            // Finished: the next stack on this thread reuses the vector.
+            if self.entries.is_empty() {
+                crate::entry::spare::give(mem::take(&mut self.entries));
+            }
             return;
         }
         let mut rest = self.take_rest();
