@@ -1,12 +1,13 @@
 //! What the stack stores for each registration, and the adapters that turn
 //! closures and plain values into exits.
 //!
-//! Two kinds of entry share one LIFO vector:
-//! * `Async`: a `Box<dyn AsyncExit>` (an entered resource, or an async
-//!   closure/callback). Unwinding it costs one boxed future.
-//! * `Sync`: a `Box<dyn SyncExit>` (a value whose cleanup is its `Drop`, or
-//!   a sync closure/callback). Unwinding it runs inline and allocates
-//!   nothing.
+//! Three kinds of entry share one LIFO vector, each one allocation:
+//! * `Async`: a `Box<dyn ErasedExit>`: an entered resource (any
+//!   `AsyncExit`, whose unwind allocates its boxed exit future), or an async
+//!   closure in an `ExitCell` (whose own allocation becomes its exit future).
+//! * `Sync`: a `Box<dyn SyncExit>`: a value whose cleanup is its `Drop`, or
+//!   a sync closure. Unwinding it runs inline and allocates nothing.
+//! * `Group`: an `ExitGroup`, whose members close concurrently.
 
 use std::any::type_name;
 use std::borrow::Cow;
