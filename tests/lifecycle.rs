@@ -174,9 +174,7 @@ both_flavours! {
         let done_log = log.clone();
         let result = tokio::time::timeout(Duration::from_millis(10), owner).await;
         assert!(result.is_err(), "the owner was cancelled");
-        while done_log.get().len() < 2 {
-            tokio::task::yield_now().await;
-        }
+        common::eventually("both entries ran", || done_log.get().len() >= 2).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(log.take(), ["second abandoned: Dropped", "first abandoned: Dropped"]);
     }
@@ -238,9 +236,7 @@ both_flavours! {
         )
         .await;
         assert!(body_cancelled.is_err());
-        while log.get().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        common::eventually("the body's entry ran", || !log.get().is_empty()).await;
         assert_eq!(log.take(), ["body-entry abandoned: Dropped"]);
 
         // Cancelled during the unwind, with an exit in flight.

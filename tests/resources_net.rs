@@ -53,18 +53,21 @@ async fn counting_server() -> (std::net::SocketAddr, Arc<Ends>) {
     (addr, ends)
 }
 
+/// (clean EOFs, resets, other ends), once `n` connections have ended.
 async fn settle(ends: &Ends, n: usize) -> (usize, usize, usize) {
-    loop {
-        let (eof, reset, other) = (
+    let counts = || {
+        (
             ends.eof.load(Ordering::SeqCst),
             ends.reset.load(Ordering::SeqCst),
             ends.other.load(Ordering::SeqCst),
-        );
-        if eof + reset + other >= n {
-            return (eof, reset, other);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        )
+    };
+    common::eventually("every connection ended", || {
+        let (eof, reset, other) = counts();
+        eof + reset + other >= n
+    })
+    .await;
+    counts()
 }
 
 /// Opens `n` connections into `stack`, each with unread input waiting.
@@ -147,9 +150,7 @@ both_flavours! {
             conn.readable().await.unwrap();
         }
         stack.aclose().await.unwrap();
-        while eofs.load(Ordering::SeqCst) < 100 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        common::eventually("100 clean EOFs", || eofs.load(Ordering::SeqCst) >= 100).await;
         assert_eq!(eofs.load(Ordering::SeqCst), 100);
     }
 }

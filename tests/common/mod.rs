@@ -197,3 +197,13 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
         capture.0.lock().unwrap().push(c);
     }
 }
+
+/// Waits until `done()` holds, checking every millisecond; fails the test
+/// (instead of hanging it) if it still does not after 30 s.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
