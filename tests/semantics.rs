@@ -152,6 +152,24 @@ both_flavours! {
     }
 }
 
+/// S5, at compile time: the stack can be shared by reference across
+/// `.await`s in a task (`Sync`), moved into one (`Send`), and its own
+/// futures can be spawned.
+#[test]
+fn s5_the_stack_and_its_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let mut stack = AsyncExitStack::new();
+    send_sync(&stack);
+    send(&stack.enter_async_context(Probe {
+        name: "x",
+        log: Log::default(),
+    }));
+    send(&stack.aclose());
+    send(&scope(async |_stack| Ok::<_, std::io::Error>(())));
+    send(&tokio_exit_stack::drain(std::time::Duration::ZERO));
+}
+
 // S5: two connections and a file, entered into one stack, used at the same
 // time inside a future given to `tokio::spawn`.
 both_flavours! {
