@@ -56,6 +56,12 @@ pub struct ExitGroup {
     pub(crate) registry: Registry,
 }
 
+impl std::fmt::Debug for ExitGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExitGroup").field("members", &self.len()).finish()
+    }
+}
+
 impl ExitGroup {
     /// How many members the group holds.
     pub fn len(&self) -> usize {

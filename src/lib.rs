@@ -158,7 +158,7 @@
 //! created. Run `cargo run --example tracing` to see it.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
-#![warn(rust_2018_idioms, unreachable_pub)]
+#![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
 mod background;
 mod entry;

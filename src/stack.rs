@@ -393,6 +393,15 @@ pub struct EntryBuilder<'s> {
     options: Options,
 }
 
+impl std::fmt::Debug for EntryBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryBuilder")
+            .field("label", &self.options.label)
+            .field("timeout", &self.options.timeout)
+            .finish()
+    }
+}
+
 impl<'s> EntryBuilder<'s> {
     pub(crate) fn new(registry: &'s Registry) -> Self {
         Self {
