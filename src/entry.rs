@@ -172,8 +172,8 @@ impl Registry {
     }
 
     /// [`register_async`](Self::register_async) for a concurrent group.
-    #[allow(unsafe_code, clippy::mut_from_ref)]
-    pub(crate) fn register_group(&self, group: ExitGroup, options: Options) -> &mut ExitGroup {
+    #[allow(unsafe_code)]
+    pub(crate) fn register_group(&self, group: ExitGroup, options: Options) -> &ExitGroup {
         // SAFETY: as in `register_async`.
         let (owner, borrow) = unsafe { owned::alloc(group, |p| p) };
         self.push(Exit::Group(owner), options);

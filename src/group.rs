@@ -51,7 +51,10 @@ use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
 /// # Ok(()) }
 /// # #[cfg(not(feature = "net"))] fn main() {}
 /// ```
-#[derive(Default)]
+///
+/// A group only ever lives inside its stack, which lends it out by shared
+/// reference: it cannot be built, moved out or swapped away, so no member
+/// can escape its exit.
 pub struct ExitGroup {
     pub(crate) registry: Registry,
 }
@@ -63,6 +66,12 @@ impl std::fmt::Debug for ExitGroup {
 }
 
 impl ExitGroup {
+    pub(crate) fn new() -> Self {
+        Self {
+            registry: Registry::default(),
+        }
+    }
+
     /// How many members the group holds.
     pub fn len(&self) -> usize {
         self.registry.len()

@@ -269,7 +269,7 @@ impl AsyncExitStack {
     /// Registers an empty concurrent group as the newest entry and lends it
     /// back: its members close concurrently when its turn comes (S24). See
     /// [`ExitGroup`].
-    pub fn enter_group(&self) -> &mut ExitGroup {
+    pub fn enter_group(&self) -> &ExitGroup {
         self.entry().enter_group()
     }
 
@@ -351,9 +351,10 @@ impl Drop for AsyncExitStack {
             return;
         }
         let panicking = std::thread::panicking();
+        let count = entries.len();
         tracing::warn!(
             site = %self.site,
-            entries = entries.len(),
+            entries = count,
             "exit stack dropped without aclose; its cleanup runs in the background",
         );
         let mut unwind = Unwind::new(
@@ -370,11 +371,10 @@ impl Drop for AsyncExitStack {
         } else {
             AbandonCause::Dropped
         });
-        let entries = unwind.remaining();
         background::hand_off(unwind);
         if !panicking && background::is_strict() {
             panic!(
-                "exit stack created at {} dropped without aclose while holding {entries} entries \
+                "exit stack created at {} dropped without aclose while holding {count} entries \
                  (strict mode, from set_strict or {}); the cleanup still runs in the background",
                 self.site,
                 background::STRICT_ENV,
@@ -434,8 +434,8 @@ impl<'s> EntryBuilder<'s> {
     }
 
     /// [`AsyncExitStack::enter_group`] with these options.
-    pub fn enter_group(self) -> &'s mut ExitGroup {
-        self.registry.register_group(ExitGroup::default(), self.options)
+    pub fn enter_group(self) -> &'s ExitGroup {
+        self.registry.register_group(ExitGroup::new(), self.options)
     }
 
     /// [`AsyncExitStack::push_resource`] with these options.

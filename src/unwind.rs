@@ -167,17 +167,17 @@ impl InFlight {
 
 pub(crate) struct Unwind {
     /// Remaining entries; the newest is last.
-    pub(crate) entries: Vec<Entry>,
+    entries: Vec<Entry>,
     current: Option<InFlight>,
     /// Unsuppressed errors, oldest first; the last is the pending one.
     chain: Vec<Arc<BoxError>>,
     /// The first panic payload, resumed by `finish`.
     panic: Option<Box<dyn Any + Send>>,
     /// Whether any entry failed (error, panic or timeout).
-    pub(crate) failed: bool,
-    pub(crate) site: &'static Location<'static>,
+    failed: bool,
+    site: &'static Location<'static>,
     pub(crate) handle: Option<Handle>,
-    pub(crate) reason: Reason,
+    reason: Reason,
     pub(crate) mode: Mode,
     /// Budget for the whole unwind (S19), turned into `deadline` when the
     /// unwind starts.
@@ -653,7 +653,7 @@ fn flatten(outcome: Result<Result<Flow, BoxError>, Box<dyn Any + Send>>) -> Resu
     }
 }
 
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
