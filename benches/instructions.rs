@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{Erased, Resource, cleanup};
+use common::{Erased, Resource, cleanup, unwind_erased};
 use std::hint::black_box;
 
 use tokio_exit_stack::AsyncExitStack;
@@ -55,9 +55,7 @@ async fn round(workload: &str, n: usize) {
                     list.push(Box::new(move || Box::pin(r.close())));
                 }
             }
-            while let Some(f) = list.pop() {
-                f().await.unwrap();
-            }
+            unwind_erased(list).await;
         }
         other => panic!("unknown workload {other}"),
     }

@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{Erased, Resource, cleanup};
+use common::{Erased, Resource, cleanup, unwind_erased};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -55,9 +55,7 @@ fn register_unwind(c: &mut Criterion) {
                 for i in 0..n {
                     list.push(Box::new(move || Box::pin(cleanup(i))));
                 }
-                while let Some(f) = list.pop() {
-                    f().await.unwrap();
-                }
+                unwind_erased(list).await;
             })
         });
         group.bench_with_input(BenchmarkId::new("hand_written", n), &n, |b, &n| {
@@ -91,9 +89,7 @@ fn register_unwind(c: &mut Criterion) {
                     black_box(&r.0);
                     list.push(Box::new(move || Box::pin(r.close())));
                 }
-                while let Some(f) = list.pop() {
-                    f().await.unwrap();
-                }
+                unwind_erased(list).await;
             })
         });
         group.bench_with_input(BenchmarkId::new("hand_written", n), &n, |b, &n| {
@@ -137,9 +133,7 @@ fn background(c: &mut Criterion) {
                     list.push(Box::new(move || Box::pin(cleanup(i))));
                 }
                 tokio::spawn(async move {
-                    while let Some(f) = list.pop() {
-                        let _ = f().await;
-                    }
+                    unwind_erased(list).await;
                     let _ = tx.send(());
                 });
                 rx.await.unwrap();

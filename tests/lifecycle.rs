@@ -73,23 +73,26 @@ both_flavours! {
 both_flavours! {
     async fn s20_a_dropped_stack_spawns_exactly_one_task_whatever_its_size() {
         let metrics = tokio::runtime::Handle::current().metrics();
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let ran = Arc::new(AtomicUsize::new(0));
         let before = metrics.num_alive_tasks();
-        let stack = AsyncExitStack::new();
-        let done = signal(&stack);
-        for _ in 0..100 {
-            let (gate, ran) = (gate.clone(), ran.clone());
-            stack.push_async_callback(move || async move {
-                gate.acquire().await.unwrap().forget();
-                ran.fetch_add(1, Ordering::SeqCst);
-            });
+        for size in [1, 10, 100, 1000] {
+            // Every entry waits on the gate, so the cleanup task stays alive
+            // until the count below has been taken.
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            let ran = Arc::new(AtomicUsize::new(0));
+            let stack = AsyncExitStack::new();
+            for _ in 0..size {
+                let (gate, ran) = (gate.clone(), ran.clone());
+                stack.push_async_callback(move || async move {
+                    gate.acquire().await.unwrap().forget();
+                    ran.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            drop(stack);
+            assert_eq!(metrics.num_alive_tasks(), before + 1, "one task for {size} entries");
+            gate.add_permits(size);
+            common::eventually("every entry ran", || ran.load(Ordering::SeqCst) == size).await;
+            common::eventually("the cleanup task ended", || metrics.num_alive_tasks() == before).await;
         }
-        drop(stack);
-        assert_eq!(metrics.num_alive_tasks(), before + 1, "one task for 101 entries");
-        gate.add_permits(100);
-        done.await.unwrap();
-        assert_eq!(ran.load(Ordering::SeqCst), 100);
     }
 }
 

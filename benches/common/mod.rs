@@ -38,3 +38,10 @@ pub async fn cleanup(i: usize) -> Result<(), BoxError> {
     black_box(i);
     Ok(())
 }
+
+/// Unwinds an erased list, newest first, as the baselines do.
+pub async fn unwind_erased(mut list: Vec<Erased>) {
+    while let Some(f) = list.pop() {
+        let _ = f().await;
+    }
+}
