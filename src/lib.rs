@@ -90,7 +90,7 @@
 //! | `Arc<Mutex<T>>` (enters as `OwnedMutexGuard`), owned rwlock guards | `sync` | unlock, inline, no task | same | unlock |
 //! | `process::Child` | `process` | wait for it to exit | kill, then reap: no zombie | kill; reap if it already exited |
 //! | `JoinHandle<T>` | `rt` | await it; a panicked task is a [`TaskError`] | abort, then await (reap) | abort |
-//! | `JoinSet<T>` | `rt` | await every task; the first failure is a [`TaskError`] | abort all, await all | abort all |
+//! | `JoinSet<T>` | `rt` | await every task; each failed one is a [`TaskError`] | abort all, await all | abort all |
 //!
 //! The stream exits bound their drain with a timer, as do entry timeouts and
 //! [`drain`]: they need the runtime's time driver, which `#[tokio::main]`,

@@ -499,7 +499,17 @@ impl Unwind {
                 span.record("outcome", "error");
                 warn!(resource = %label, site = %self.site, error = %e, "cleanup failed");
                 self.failed = true;
-                self.chain.push(Arc::new(e));
+                // An exit that returns several errors at once (a nested
+                // stack's `aclose`, a `JoinSet`) adds each as its own link,
+                // so each stays reachable and downcastable.
+                match e.downcast::<Error>() {
+                    Ok(several) => {
+                        let mut errors = several.into_errors();
+                        errors.reverse(); // the chain is kept oldest first
+                        self.chain.extend(errors.into_iter().map(Arc::new));
+                    }
+                    Err(e) => self.chain.push(Arc::new(e)),
+                }
             }
             Err(Fail::Timeout(after)) => {
                 span.record("outcome", "timeout");

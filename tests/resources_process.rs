@@ -146,5 +146,17 @@ both_flavours! {
         .unwrap_err();
         let failure = err.downcast_ref::<TaskError>().expect("a TaskError");
         assert!(std::error::Error::source(failure).unwrap().to_string().contains("panicked"));
+
+        // Two failed tasks: both kept, each its own link.
+        let err = scope(async |stack| {
+            let set = stack.enter_async_context(tokio::task::JoinSet::new()).await.unwrap();
+            set.spawn(async { panic!("first task bug") });
+            set.spawn(async { panic!("second task bug") });
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err}");
+        assert!(err.iter().all(|e| e.is::<TaskError>()));
     }
 }

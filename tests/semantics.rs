@@ -420,6 +420,24 @@ both_flavours! {
 }
 
 both_flavours! {
+    async fn s14_an_exit_returning_several_errors_adds_each_as_its_own_link() {
+        let mut stack = AsyncExitStack::new();
+        stack.callback(|| Err::<(), _>(Named("outer")));
+        stack.push_async_exit(|_| async {
+            // A nested stack whose close fails twice.
+            let mut inner = AsyncExitStack::new();
+            inner.callback(|| Err::<(), _>(Named("inner second")));
+            inner.callback(|| Err::<(), _>(io::Error::other("inner first")));
+            inner.aclose().await.map(|()| Flow::Propagate)
+        });
+        let err = stack.aclose().await.unwrap_err();
+        let messages: Vec<String> = err.iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages, ["outer", "inner second", "inner first"], "flattened, newest first");
+        assert!(err.iter().nth(2).unwrap().is::<io::Error>(), "each keeps its own type");
+    }
+}
+
+both_flavours! {
     async fn s15_a_suppressed_error_appears_nowhere() {
         let err = scope(async |stack| {
             stack.callback(|| Err::<(), _>(Named("after suppression")));

@@ -6,7 +6,9 @@ use std::any::type_name;
 
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 
-use crate::error::BoxError;
+use std::sync::Arc;
+
+use crate::error::{BoxError, Error};
 use crate::traits::{AsyncExit, Flow, Pending};
 
 /// A task the stack awaited failed: it panicked, or something else
@@ -59,18 +61,20 @@ impl<T: Send + 'static> AsyncExit for JoinSet<T> {
             self.shutdown().await;
             return Ok(Flow::Propagate);
         }
-        let mut first_error = None;
+        // Every failed task is kept, in the order they finished; several
+        // become one link each in the unwind's error.
+        let mut failures = Vec::new();
         while let Some(result) = self.join_next().await {
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
+            if let Err(source) = result {
+                failures.push(Arc::new(Box::new(TaskError { resource: name, source }) as BoxError));
             }
         }
-        match first_error {
+        match Error::from_oldest_first(failures) {
             None => Ok(Flow::Propagate),
-            Some(e) => Err(Box::new(TaskError {
-                resource: name,
-                source: e,
-            })),
+            Some(errors) => match errors.into_single() {
+                Ok(one) => Err(one),
+                Err(several) => Err(Box::new(several)),
+            },
         }
     }
 
