@@ -127,14 +127,14 @@ impl AsyncExit for Pooled {
 }
 
 /// One request: a permit, a connection, one exchange, on every path released.
-async fn request(pool: Arc<Pool>, key: u32) -> Result<Option<String>, tokio_exit_stack::Error> {
+async fn request(pool: Arc<Pool>, key: u32) -> Result<String, tokio_exit_stack::Error> {
     scope(async |stack| {
         let _permit = stack.enter_async_context(pool.limit.clone()).await?;
         let conn = stack.enter_async_context(Checkout(pool.clone())).await?;
         conn.write_all(format!("{key}\n").as_bytes()).await?;
         let mut reply = String::new();
         BufReader::new(&mut **conn).read_line(&mut reply).await?;
-        Ok::<_, BoxError>(reply.trim_end().to_owned())
+        Ok(reply.trim_end().to_owned())
     })
     .await
 }

@@ -7,17 +7,16 @@
 //! * A stack captures `Handle::try_current()` when it is created. When it
 //!   is dropped holding entries, its remaining entries become one
 //!   [`Unwind`](crate::unwind::Unwind), spawned as **one** task on that
-//!   runtime, whatever the number of entries (S20). A drop on a thread
+//!   runtime, whatever the number of entries. A drop on a thread
 //!   outside the runtime still reaches it through the captured handle.
 //!   Nothing here blocks, builds a runtime, or calls `Handle::current()`
 //!   (which panics outside a runtime): `Drop` must never block or panic.
 //! * Every such task is tracked by one process-wide tokio-util
-//!   `TaskTracker`, so [`drain`] can wait for all of them with a deadline
-//!   (S23).
+//!   `TaskTracker`, so [`drain`] can wait for all of them with a deadline.
 //! * A task that a shutting-down runtime drops before it finished does not
 //!   vanish: the `Unwind` inside it notices in its own `Drop` and falls back
 //!   to synchronous best effort, naming every cleanup that could not run in
-//!   an ERROR event (S22). The same happens when there is no runtime at all.
+//!   an ERROR event. The same happens when there is no runtime at all.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -58,7 +57,7 @@ pub(crate) fn hand_off(mut unwind: Unwind) {
     }
 }
 
-/// Runs an unwind whose entries need no runtime right here (S30: permits
+/// Runs an unwind whose entries need no runtime right here (permits
 /// and guards are released inline, no task spawned). Returns `false` if an
 /// entry turned out to need more than one poll.
 fn poll_inline(unwind: &mut Unwind) -> bool {
@@ -114,7 +113,7 @@ impl DrainReport {
 }
 
 /// Waits, at most `timeout`, for every background cleanup to finish, and
-/// says how they fared. Call it at the end of `main` (S23):
+/// says how they fared. Call it at the end of `main`:
 ///
 /// ```
 /// #[tokio::main]

@@ -32,7 +32,7 @@ pub(crate) trait SyncExit: Send {
 pub(crate) enum Exit {
     Async(Owned<dyn ErasedExit>),
     Sync(Owned<dyn SyncExit>),
-    /// Members that close concurrently (S24).
+    /// Members that close concurrently.
     Group(Owned<ExitGroup>),
 }
 

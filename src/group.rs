@@ -1,4 +1,4 @@
-//! Concurrent groups (S24): many similar resources (the connections of a
+//! Concurrent groups: many similar resources (the connections of a
 //! pool) registered as one entry whose members close concurrently.
 //!
 //! A group takes its place in the stack's LIFO order like any entry; when

@@ -70,7 +70,8 @@
 //! | `await stack.aclose()` | [`aclose`](AsyncExitStack::aclose)`().await` |
 //! | `__aexit__` returns `True` | an exit returns [`Flow::Suppress`] |
 //! | exception passed to `__aexit__` | [`Pending`] |
-//! | `ExceptionGroup` / `__context__` chain | [`Error`]: every error, newest first |
+//! | `__context__` chain | [`Error`]: every error, newest first, each the very object raised; [`Pending::iter`] inside an exit |
+//! | `raise New from exc` in `__aexit__` | return an error holding [`Pending::cause`] as its `source()`: it replaces `exc` in the chain |
 //! | — | a dropped stack cleans up in the background; [`drain`] waits for it |
 //!
 //! # Supported tokio types
@@ -185,7 +186,7 @@ pub mod fs {
     pub use crate::resources::fs::Durable;
 }
 pub use background::{DrainReport, STRICT_ENV, background_tasks, drain, is_strict, set_strict};
-pub use error::{AbandonCause, Abandoned, BoxError, Error, PanicError, ResourceError, TimeoutError};
+pub use error::{AbandonCause, Abandoned, BoxError, Cause, Error, PanicError, ResourceError, Suppressed, TimeoutError};
 pub use group::ExitGroup;
-pub use stack::{AsyncExitStack, EntryBuilder, scope};
+pub use stack::{AsyncExitStack, EntryBuilder, scope, scope_suppressible};
 pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, acquire};

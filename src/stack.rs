@@ -33,14 +33,13 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::Location;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 
 use crate::background;
 use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitCell, ExitFn, Options, Registry};
-use crate::error::{AbandonCause, BoxError, Error};
+use crate::error::{AbandonCause, BoxError, Chain, Error, Suppressed};
 use crate::group::ExitGroup;
 use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
 use crate::unwind::{Mode, Reason, Unwind};
@@ -135,7 +134,7 @@ impl AsyncExitStack {
     }
 
     /// Gives every later unwind of this stack (by `aclose`, a scope's end,
-    /// or in the background) a deadline `timeout` after it starts (S19).
+    /// or in the background) a deadline `timeout` after it starts.
     /// The entry running at the deadline is abandoned with a
     /// [`TimeoutError`](crate::TimeoutError), and each later entry gets one
     /// poll to finish (enough for a permit or a guard) before it is
@@ -168,8 +167,8 @@ impl AsyncExitStack {
 
     /// Enters `cm` (runs its [`AsyncEnter::enter`] once), registers the
     /// resulting resource's exit, and lends the resource to the caller
-    /// (S1). If the enter fails, nothing is registered and its error comes
-    /// back unchanged (S2).
+    ///. If the enter fails, nothing is registered and its error comes
+    /// back unchanged.
     ///
     /// Costs the enter itself plus one allocation for the resource.
     pub async fn enter_async_context<C: AsyncEnter>(&self, cm: C) -> Result<&mut C::Resource, C::Error> {
@@ -201,13 +200,13 @@ impl AsyncExitStack {
 
     /// Registers `value`, whose cleanup is its `Drop` (a permit, a guard, a
     /// temporary directory), in the same LIFO order as every other entry,
-    /// and lends it to the caller (S3).
+    /// and lends it to the caller.
     pub fn enter_context<T: Send + 'static>(&self, value: T) -> &mut T {
         self.entry().enter_context(value)
     }
 
     /// Registers an async exit closure: at unwind it is given the pending
-    /// error and returns whether to suppress it, or a new error (S4).
+    /// error and returns whether to suppress it, or a new error.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -267,14 +266,14 @@ impl AsyncExitStack {
     }
 
     /// Registers an empty concurrent group as the newest entry and lends it
-    /// back: its members close concurrently when its turn comes (S24). See
+    /// back: its members close concurrently when its turn comes. See
     /// [`ExitGroup`].
     pub fn enter_group(&self) -> &ExitGroup {
         self.entry().enter_group()
     }
 
     /// Moves every entry into a new stack and leaves this one empty and
-    /// usable (S6). The new stack unwinds them in their original order.
+    /// usable. The new stack unwinds them in their original order.
     ///
     /// Use it to keep resources past the block that acquired them: enter
     /// them all, and once the last enter succeeded, `pop_all` hands them to
@@ -291,24 +290,26 @@ impl AsyncExitStack {
     }
 
     /// Unwinds the stack: every entry runs, newest first, one at a time,
-    /// with no pending error at the start (S8, S9). Returns `Ok` if no
+    /// with no pending error at the start. Returns `Ok` if no
     /// error survived, else every unsuppressed error, newest first.
     ///
     /// An empty stack, or a second `aclose`, does nothing and returns `Ok`.
-    /// The stack is empty and reusable afterwards (S7).
+    /// The stack is empty and reusable afterwards.
     ///
     /// If an entry panicked, the remaining entries still run, then the
-    /// panic is resumed here (S18). If this future is dropped before it
+    /// panic is resumed here. If this future is dropped before it
     /// finishes, the entries that had not finished still run, once each,
-    /// in a background task (S21).
+    /// in a background task.
     pub async fn aclose(&mut self) -> Result<(), Error> {
-        self.unwind(Vec::new(), Reason::Aclose).await
+        self.unwind(Chain::default(), Reason::Aclose).await.map(|_| ())
     }
 
-    async fn unwind(&mut self, chain: Vec<Arc<BoxError>>, reason: Reason) -> Result<(), Error> {
+    /// Unwinds with `chain` pending; `Ok` carries the first entry that
+    /// suppressed an error, if one did.
+    async fn unwind(&mut self, chain: Chain, reason: Reason) -> Result<Option<Cow<'static, str>>, Error> {
         let entries = self.registry.take();
         if entries.is_empty() && chain.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut unwind = Unwind::new(
             entries,
@@ -342,7 +343,7 @@ impl fmt::Debug for AsyncExitStack {
 
 impl Drop for AsyncExitStack {
     /// Never blocks, and never panics outside strict mode: the remaining
-    /// entries go to one background task (S20). In strict mode
+    /// entries go to one background task. In strict mode
     /// ([`set_strict`](crate::set_strict)) a drop that is not part of a
     /// panic panics here, after handing the cleanup off.
     fn drop(&mut self) {
@@ -359,7 +360,7 @@ impl Drop for AsyncExitStack {
         );
         let mut unwind = Unwind::new(
             entries,
-            Vec::new(),
+            Chain::default(),
             Reason::Drop,
             Mode::Background,
             self.site,
@@ -418,7 +419,7 @@ impl<'s> EntryBuilder<'s> {
     }
 
     /// Abandons the entry's exit if it has not finished after `timeout`
-    /// (S19): its future, and the resource it owns, are dropped, a
+    ///: its future, and the resource it owns, are dropped, a
     /// [`TimeoutError`](crate::TimeoutError) naming the entry becomes the
     /// pending error, and the next entry runs. Needs the runtime's time
     /// driver.
@@ -491,15 +492,39 @@ impl<'s> EntryBuilder<'s> {
 
 /// Runs `body` with a fresh stack, then unwinds the stack with the body's
 /// error as the pending error: the `async with AsyncExitStack() as stack:`
-/// of this crate (S10).
+/// of this crate.
 ///
-/// Returns `Ok(Some(value))` when the body and every exit succeeded,
-/// `Ok(None)` when the body failed but an exit suppressed its error (so
-/// there is no value), and otherwise every unsuppressed error, newest
-/// first, the body's last.
+/// Returns the body's value when the body and every exit succeeded, and
+/// otherwise every unsuppressed error, newest first, the body's last (see
+/// [`Error`]).
 ///
-/// If the scope's future is dropped, in the body or during the unwind,
-/// every entry not yet run still runs in the background (S21).
+/// The body's error type is [`BoxError`], so `?` works on errors of any
+/// type and `Ok(value)` needs no annotation. A body that returns an
+/// [`Error`] (from a nested scope) has it flattened into its links.
+///
+/// # When an exit suppresses the body's error
+///
+/// In Python a suppressed error means the `async with` block completes,
+/// and the code after it runs. In Rust the scope must return a `T`, and a
+/// body that failed has none: `scope` then returns an `Error` holding one
+/// [`Suppressed`] link, which names the entry that suppressed the body's
+/// error (the suppressed error itself appears nowhere). Use
+/// [`scope_suppressible`] when an exit may legitimately suppress the
+/// body's error: it returns `Ok(None)` instead.
+///
+/// # Cancel safety
+///
+/// Dropping the returned future is how tokio cancels it, and is safe at
+/// any point: in the body or during the unwind, every entry that has not
+/// finished still runs, exactly once, in a background task, told that the
+/// scope was cancelled ([`AbandonCause::Cancelled`]).
+///
+/// # Panics
+///
+/// If the body panics, the panic passes through: the stack is dropped as
+/// the future is, and its entries run in the background. If an entry
+/// panics, the remaining entries still run, then the panic is resumed
+/// here.
 ///
 /// ```
 /// # #[cfg(feature = "net")]
@@ -511,30 +536,97 @@ impl<'s> EntryBuilder<'s> {
 ///
 /// let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
 /// let addr = listener.local_addr().unwrap();
-/// let sent = scope(async |stack| {
+/// let sent: usize = scope(async |stack| {
 ///     let conn = stack.enter_async_context(acquire(TcpStream::connect(addr))).await?;
 ///     conn.write_all(b"hello").await?;
-///     Ok::<_, std::io::Error>(5)
+///     Ok(5)
 /// })
 /// .await?; // the connection is shut down cleanly here
-/// assert_eq!(sent, Some(5));
+/// assert_eq!(sent, 5);
 /// # Ok(()) }
 /// # #[cfg(not(feature = "net"))] fn main() {}
 /// ```
+///
+/// An exit that suppresses the body's error:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tokio_exit_stack::{scope, Flow, Suppressed};
+///
+/// let err = scope(async |stack| {
+///     stack.entry().label("ignore errors").push_exit(|_| Ok::<_, std::io::Error>(Flow::Suppress));
+///     Err(std::io::Error::other("lost"))?;
+///     Ok(1)
+/// })
+/// .await
+/// .unwrap_err();
+/// assert_eq!(err.downcast_ref::<Suppressed>().unwrap().by, "ignore errors");
+/// # }
+/// ```
 #[track_caller]
-pub fn scope<F, T, E>(body: F) -> impl Future<Output = Result<Option<T>, Error>>
+pub fn scope<F, T>(body: F) -> impl Future<Output = Result<T, Error>>
 where
-    F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, E>,
-    E: Into<BoxError>,
+    F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, BoxError>,
 {
-    let mut stack = AsyncExitStack::new();
+    let stack = AsyncExitStack::new();
     async move {
-        let (value, chain) = match body(&mut stack).await {
-            Ok(value) => (Some(value), Vec::new()),
-            Err(e) => (None, vec![Arc::new(e.into())]),
-        };
-        stack.unwind(chain, Reason::ScopeEnd).await.map(|()| value)
+        match run_scope(stack, body).await? {
+            (Some(value), _) => Ok(value),
+            (None, by) => Err(Suppressed::error(by)),
+        }
     }
+}
+
+/// [`scope`] for a body whose error an exit may legitimately suppress:
+/// returns `Ok(None)` when the body failed and an exit suppressed its
+/// error (so the block "completes", as in Python, but has no value), and
+/// otherwise what `scope` returns, in `Some`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tokio_exit_stack::Error> {
+/// use tokio_exit_stack::{scope_suppressible, Flow};
+///
+/// let value = scope_suppressible(async |stack| {
+///     stack.push_exit(|pending| {
+///         // a missing cache entry is not a failure of the request
+///         let missing = pending.downcast_ref::<std::io::Error>()
+///             .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+///         Ok::<_, std::io::Error>(if missing { Flow::Suppress } else { Flow::Propagate })
+///     });
+///     Err(std::io::Error::from(std::io::ErrorKind::NotFound))?;
+///     Ok("cached")
+/// })
+/// .await?;
+/// assert_eq!(value, None);
+/// # Ok(()) }
+/// ```
+#[track_caller]
+pub fn scope_suppressible<F, T>(body: F) -> impl Future<Output = Result<Option<T>, Error>>
+where
+    F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, BoxError>,
+{
+    let stack = AsyncExitStack::new();
+    async move { run_scope(stack, body).await.map(|(value, _)| value) }
+}
+
+/// Runs a scope: its value (none if the body failed) and, when an exit
+/// suppressed an error, the first that did.
+async fn run_scope<F, T>(mut stack: AsyncExitStack, body: F) -> Result<(Option<T>, Option<Cow<'static, str>>), Error>
+where
+    F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, BoxError>,
+{
+    let mut chain = Chain::default();
+    let value = match body(&mut stack).await {
+        Ok(value) => Some(value),
+        Err(e) => {
+            chain.raise(e);
+            None
+        }
+    };
+    let by = stack.unwind(chain, Reason::ScopeEnd).await?;
+    Ok((value, by))
 }
 
 #[cfg(test)]
@@ -543,6 +635,7 @@ mod tests {
     //! every future here finishes on its first poll.
     use super::*;
     use std::pin::pin;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll, Waker};
 

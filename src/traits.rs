@@ -18,7 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::error::{Abandoned, BoxError};
+use crate::error::{Abandoned, BoxError, Cause, Link};
 
 /// What an exit tells the unwinder to do with the pending error.
 ///
@@ -40,43 +40,91 @@ pub enum Flow {
 /// when the body succeeded and every newer entry cleaned up fine;
 /// [`is_abandoned`](Self::is_abandoned) when the stack was dropped without
 /// `aclose` or its unwind was cancelled; otherwise
-/// [`error`](Self::error) says what failed.
+/// [`error`](Self::error) says what failed, and [`iter`](Self::iter) walks
+/// every error still pending, newest first: what the newest replaced, and
+/// so on back to the body's (Python's walk of `exc.__context__`).
 ///
 /// `Pending` is an owned, cheap handle (`None`, or one reference-counted
-/// pointer), so an async exit may keep it across `.await`s. Cloning it costs
-/// one atomic increment when an error is pending and nothing otherwise.
+/// pointer), so an async exit may keep it across `.await`s, or past the
+/// unwind. Cloning it costs one atomic increment when an error is pending
+/// and nothing otherwise. The errors it holds are the very objects the
+/// final [`Error`](crate::Error) will hold; to chain the pending error as
+/// the `source()` of a new one, take it with [`cause`](Self::cause).
 #[derive(Clone, Default)]
 pub struct Pending {
-    pub(crate) error: Option<Arc<BoxError>>,
+    /// Every pending error, oldest first; the last is the one `error`
+    /// returns. `None` when nothing is pending, never an empty slice.
+    pub(crate) chain: Option<Arc<[Link]>>,
 }
 
 impl Pending {
     /// No error is pending: the body succeeded and so did every newer exit.
     pub const fn none() -> Self {
-        Self { error: None }
+        Self { chain: None }
     }
 
     /// A pending error, as an exit of a hand-driven unwind (or a test of an
     /// [`AsyncExit`] implementation) would see it.
     pub fn new(error: impl Into<BoxError>) -> Self {
         Self {
-            error: Some(Arc::new(error.into())),
+            chain: Some(Arc::new([Arc::new(error.into())])),
         }
     }
 
-    /// The pending error, if any. Downcast it with `downcast_ref`.
+    /// The newest pending error, if any. Downcast it with `downcast_ref`.
     pub fn error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
-        self.error.as_deref().map(|boxed| &**boxed)
+        self.chain.as_deref().and_then(<[Link]>::last).map(|link| &***link)
+    }
+
+    /// Every pending error, newest first, each downcastable: the same
+    /// objects the final [`Error`](crate::Error) would hold if the unwind
+    /// stopped here. Empty when nothing is pending.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tokio_exit_stack::{scope, Flow};
+    ///
+    /// let err = scope(async |stack| {
+    ///     stack.push_exit(|pending| {
+    ///         // told the newest error, and can see what it replaced
+    ///         let seen: Vec<String> = pending.iter().map(|e| e.to_string()).collect();
+    ///         assert_eq!(seen, ["close failed", "request failed"]);
+    ///         Ok::<_, std::io::Error>(Flow::Propagate)
+    ///     });
+    ///     stack.callback(|| Err::<(), _>(std::io::Error::other("close failed")));
+    ///     Err(std::io::Error::other("request failed"))?;
+    ///     Ok(())
+    /// })
+    /// .await
+    /// .unwrap_err();
+    /// assert_eq!(err.len(), 2);
+    /// # }
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = &(dyn StdError + Send + Sync + 'static)> {
+        self.chain
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .map(|link| &***link)
+    }
+
+    /// The newest pending error as a shared handle to keep: the `source()`
+    /// of a new error this exit raises, or something to log later. See
+    /// [`Cause`].
+    pub fn cause(&self) -> Option<Cause> {
+        self.chain.as_deref().and_then(<[Link]>::last).cloned().map(Cause)
     }
 
     /// `true` when no error is pending (commit).
     pub fn is_ok(&self) -> bool {
-        self.error.is_none()
+        self.chain.is_none()
     }
 
     /// `true` when an error is pending (roll back).
     pub fn is_err(&self) -> bool {
-        self.error.is_some()
+        self.chain.is_some()
     }
 
     /// `true` when the pending error says the scope was abandoned: the stack
@@ -87,7 +135,7 @@ impl Pending {
         self.downcast_ref::<Abandoned>().is_some()
     }
 
-    /// The pending error as `E`, if it is one.
+    /// The newest pending error as `E`, if it is one.
     pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
         self.error()?.downcast_ref::<E>()
     }

@@ -1,10 +1,10 @@
 //! The unwind loop: runs entries newest first, one at a time, threading the
-//! pending error through them (SPEC S8 to S16), isolating panics (S18) and
-//! applying timeouts (S19).
+//! pending error through them, isolating panics and
+//! applying timeouts.
 //!
 //! An [`Unwind`] owns everything it still has to run: the remaining
 //! entries, the exit future in flight, and the error chain. That makes
-//! cancellation simple and exact (S21): if the future driving an unwind is
+//! cancellation simple and exact: if the future driving an unwind is
 //! dropped at any await point, the `Unwind` is dropped with it, and its
 //! `Drop` hands exactly what had not finished (the in-flight exit future
 //! included, so nothing runs twice) to the background path.
@@ -15,7 +15,6 @@ use std::future::Future;
 use std::mem;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ use tracing::{Instrument as _, Span, debug, debug_span, error, field, warn};
 
 use crate::background;
 use crate::entry::{Entry, Exit, ExitFuture};
-use crate::error::{Abandoned, BoxError, Error, PanicError, TimeoutError};
+use crate::error::{Abandoned, BoxError, Chain, Error, PanicError, TimeoutError};
 use crate::group::ExitGroup;
 use crate::traits::{Flow, Pending};
 
@@ -91,7 +90,7 @@ enum Work {
 }
 
 /// A concurrent group in flight: the members still running, and the
-/// outcomes of those that finished (S24).
+/// outcomes of those that finished.
 #[derive(Default)]
 struct GroupRun {
     running: FuturesUnordered<MemberRun>,
@@ -170,16 +169,20 @@ pub(crate) struct Unwind {
     entries: Vec<Entry>,
     current: Option<InFlight>,
     /// Unsuppressed errors, oldest first; the last is the pending one.
-    chain: Vec<Arc<BoxError>>,
+    chain: Chain,
     /// The first panic payload, resumed by `finish`.
     panic: Option<Box<dyn Any + Send>>,
     /// Whether any entry failed (error, panic or timeout).
     failed: bool,
+    /// The first entry that suppressed a pending error: with a failed
+    /// body, the one that suppressed the body's error (directly, or as the
+    /// cause of a newer error).
+    suppressed_by: Option<Cow<'static, str>>,
     site: &'static Location<'static>,
     pub(crate) handle: Option<Handle>,
     reason: Reason,
     pub(crate) mode: Mode,
-    /// Budget for the whole unwind (S19), turned into `deadline` when the
+    /// Budget for the whole unwind, turned into `deadline` when the
     /// unwind starts.
     budget: Option<Duration>,
     deadline: Option<Instant>,
@@ -196,7 +199,7 @@ pub(crate) struct Unwind {
 impl Unwind {
     pub(crate) fn new(
         entries: Vec<Entry>,
-        chain: Vec<Arc<BoxError>>,
+        chain: Chain,
         reason: Reason,
         mode: Mode,
         site: &'static Location<'static>,
@@ -209,6 +212,7 @@ impl Unwind {
             chain,
             panic: None,
             failed: false,
+            suppressed_by: None,
             site,
             handle,
             reason,
@@ -227,7 +231,7 @@ impl Unwind {
     pub(crate) fn abandon(&mut self, cause: crate::AbandonCause) {
         if self.chain.is_empty() {
             let abandoned = Abandoned { cause, site: self.site };
-            self.chain.push(Arc::new(Box::new(abandoned)));
+            self.chain.push(Box::new(abandoned));
         }
     }
 
@@ -241,9 +245,9 @@ impl Unwind {
     }
 
     #[inline]
-    fn pending(&self) -> Pending {
+    fn pending(&mut self) -> Pending {
         Pending {
-            error: self.chain.last().cloned(),
+            chain: self.chain.pending(),
         }
     }
 
@@ -493,30 +497,23 @@ impl Unwind {
                 if !self.chain.is_empty() {
                     debug!(resource = %label, suppressed = self.chain.len(), "exit suppressed the pending error");
                     self.chain.clear();
+                    self.suppressed_by.get_or_insert(label);
                 }
             }
             Err(Fail::Error(e)) => {
                 span.record("outcome", "error");
                 warn!(resource = %label, site = %self.site, error = %e, "cleanup failed");
                 self.failed = true;
-                // An exit that returns several errors at once (a nested
-                // stack's `aclose`, a `JoinSet`) adds each as its own link,
-                // so each stays reachable and downcastable.
-                match e.downcast::<Error>() {
-                    Ok(several) => {
-                        let mut errors = several.into_errors();
-                        errors.reverse(); // the chain is kept oldest first
-                        self.chain.extend(errors.into_iter().map(Arc::new));
-                    }
-                    Err(e) => self.chain.push(Arc::new(e)),
-                }
+                // Flattens an `Error` into its links, and drops the pending
+                // links the new error already holds (see `Chain::raise`).
+                self.chain.raise(e);
             }
             Err(Fail::Timeout(after)) => {
                 span.record("outcome", "timeout");
                 warn!(resource = %label, site = %self.site, ?after, "cleanup timed out and was abandoned");
                 self.failed = true;
                 let e = TimeoutError { resource: label, after };
-                self.chain.push(Arc::new(Box::new(e)));
+                self.chain.push(Box::new(e));
             }
             Err(Fail::Panic(payload)) => {
                 span.record("outcome", "panic");
@@ -527,21 +524,21 @@ impl Unwind {
                     resource: label,
                     message,
                 };
-                self.chain.push(Arc::new(Box::new(e)));
+                self.chain.push(Box::new(e));
                 self.panic.get_or_insert(payload);
             }
         }
     }
 
-    /// The foreground result: `Ok`, the final error, or the first panic
-    /// resumed (S18).
-    pub(crate) fn finish(mut self) -> Result<(), Error> {
+    /// The foreground result: `Ok` (with the first entry that suppressed
+    /// an error, if any), the final error, or the first panic resumed.
+    pub(crate) fn finish(mut self) -> Result<Option<Cow<'static, str>>, Error> {
         self.done = true;
         if let Some(payload) = self.panic.take() {
             std::panic::resume_unwind(payload);
         }
-        match Error::from_oldest_first(mem::take(&mut self.chain)) {
-            None => Ok(()),
+        match mem::take(&mut self.chain).into_error() {
+            None => Ok(self.suppressed_by.take()),
             Some(e) => Err(e),
         }
     }
@@ -554,7 +551,7 @@ impl Unwind {
             // failure of it.
             let mut chain = mem::take(&mut self.chain);
             chain.retain(|e| !e.is::<Abandoned>());
-            let errors = Error::from_oldest_first(chain);
+            let errors = chain.into_error();
             let errors = errors.map(|e| e.to_string()).unwrap_or_default();
             warn!(site = %self.site, reason = self.reason.as_str(), %errors, "background cleanup finished with errors");
         } else {
@@ -563,7 +560,7 @@ impl Unwind {
         background::record_finished(self.failed);
     }
 
-    /// Synchronous best effort when no runtime can finish the unwind (S22):
+    /// Synchronous best effort when no runtime can finish the unwind:
     /// sync entries still run; async ones get `abandon()` and are named in
     /// one ERROR event.
     pub(crate) fn lose(&mut self, why: &'static str) {
@@ -614,6 +611,7 @@ impl Unwind {
             chain: mem::take(&mut self.chain),
             panic: self.panic.take(),
             failed: self.failed,
+            suppressed_by: self.suppressed_by.take(),
             site: self.site,
             handle: self.handle.take(),
             reason: self.reason,
@@ -641,7 +639,7 @@ impl Drop for Unwind {
         match rest.mode {
             Mode::Foreground => {
                 // `aclose()` or a scope was cancelled: finish in the
-                // background, exactly once per entry (S21).
+                // background, exactly once per entry.
                 if let Some(payload) = rest.panic.take() {
                     error!(site = %rest.site, panic = %panic_message(&*payload), "a cleanup panicked before the unwind was cancelled");
                 }

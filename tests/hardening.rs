@@ -266,7 +266,7 @@ both_flavours! {
             }
             let l = log.clone();
             stack.callback(move || l.push("newest plain"));
-            Err::<(), _>(std::io::Error::other("body"))
+            Err::<(), BoxError>(std::io::Error::other("body").into())
         })
         .await;
         let mut seen = log.take();

@@ -1,7 +1,9 @@
 //! A reference model of the unwind, checked against the crate with
 //! proptest: random programs of registrations, a body outcome, and one
 //! cancellation point, on both runtime flavours (SPEC S8 to S16, S18, S19,
-//! S20, S21).
+//! S20, S21). Exits may raise a new error chained to the pending one (its
+//! `source()`), and part of a program may run in a scope nested in the
+//! body; the final chain is checked link by link, by identity.
 //!
 //! 1,000 cases per flavour by default; for a long run:
 //! `PROPTEST_CASES=100000 cargo test --release --test model`.
@@ -13,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tokio_exit_stack::{AsyncExitStack, BoxError, Error, Flow, PanicError, Pending, TimeoutError, scope};
+use tokio_exit_stack::{AsyncExitStack, BoxError, Error, Flow, PanicError, Pending, TimeoutError, scope_suppressible};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Behaviour {
@@ -22,6 +24,8 @@ enum Behaviour {
     Suppress,
     Panic,
     Hang,
+    /// Raise a new error whose `source()` is the pending error.
+    Chain,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,18 +49,23 @@ enum Cancel {
 #[derive(Debug, Clone)]
 struct Program {
     entries: Vec<Spec>,
+    /// Entries from this index on are registered in a scope nested in the
+    /// body (none when it is the length).
+    split: usize,
     body_fails: bool,
     cancel: Cancel,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (any::<bool>(), any::<bool>(), 0..5u8).prop_map(|(exit, sync, b)| {
+    (any::<bool>(), any::<bool>(), 0..6u8).prop_map(|(exit, sync, b)| {
         let behaviour = match b {
             0 => Behaviour::Ok,
             1 => Behaviour::Fail,
             2 if exit => Behaviour::Suppress,
             2 => Behaviour::Ok,
             3 => Behaviour::Panic,
+            5 if exit => Behaviour::Chain,
+            5 => Behaviour::Fail,
             _ if sync => Behaviour::Fail, // a sync entry cannot hang
             _ => Behaviour::Hang,
         };
@@ -70,18 +79,40 @@ fn program() -> impl Strategy<Value = Program> {
         3 => (1..24u8).prop_map(Cancel::AfterPolls),
         1 => Just(Cancel::DropStack),
     ];
-    (proptest::collection::vec(spec(), 0..12), any::<bool>(), cancel).prop_map(|(entries, body_fails, cancel)| {
-        Program {
-            entries,
-            body_fails,
-            cancel,
-        }
-    })
+    (
+        proptest::collection::vec(spec(), 0..12),
+        any::<bool>(),
+        cancel,
+        any::<proptest::sample::Index>(),
+    )
+        .prop_map(|(entries, body_fails, cancel, split)| {
+            // Half the programs nest a scope in the body.
+            let split = if split.index(2) == 0 {
+                entries.len()
+            } else {
+                split.index(entries.len() + 1)
+            };
+            Program {
+                entries,
+                split,
+                body_fails,
+                cancel,
+            }
+        })
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("f{0}")]
 struct Failed(usize);
+
+/// Raised by a `Chain` exit: its source is the pending error it replaced.
+#[derive(Debug, thiserror::Error)]
+#[error("c{index}")]
+struct Chained {
+    index: usize,
+    #[source]
+    cause: Option<tokio_exit_stack::Cause>,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("body")]
@@ -101,6 +132,12 @@ fn model(p: &Program) -> Expected {
     let mut told = Vec::new();
     let mut panicked = false;
     for (i, e) in p.entries.iter().enumerate().rev() {
+        if panicked && i + 1 == p.split {
+            // The nested scope resumed a panic through the body: the outer
+            // stack is dropped, and its entries run in the background, told
+            // that it was abandoned.
+            chain = vec!["abandoned".into()];
+        }
         if e.exit {
             told.push((i, chain.last().cloned().unwrap_or_else(|| "-".into())));
         }
@@ -113,6 +150,12 @@ fn model(p: &Program) -> Expected {
                 panicked = true;
             }
             Behaviour::Hang => chain.push(format!("t{i}")),
+            Behaviour::Chain => {
+                // The new error replaces the pending one it holds as its
+                // cause: no error twice.
+                chain.pop();
+                chain.push(format!("c{i}"));
+            }
         }
     }
     chain.reverse();
@@ -126,6 +169,8 @@ fn model(p: &Program) -> Expected {
 fn name(e: &(dyn std::error::Error + 'static)) -> String {
     if let Some(f) = e.downcast_ref::<Failed>() {
         format!("f{}", f.0)
+    } else if let Some(c) = e.downcast_ref::<Chained>() {
+        format!("c{}", c.index)
     } else if e.is::<BodyFailed>() {
         "body".into()
     } else if let Some(p) = e.downcast_ref::<PanicError>() {
@@ -143,6 +188,17 @@ fn name(e: &(dyn std::error::Error + 'static)) -> String {
 struct Trace {
     /// Every invocation: (index, what it was told; "" for callbacks).
     runs: Arc<Mutex<Vec<(usize, String)>>>,
+    /// The address of every error raised by an entry or the body, by name.
+    raised: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+impl Trace {
+    /// Records where `error` lives, and hands it on.
+    fn raise<E: std::error::Error + Send + Sync + 'static>(&self, name: String, error: E) -> BoxError {
+        let error = Box::new(error);
+        self.raised.lock().unwrap().push((name, &*error as *const E as usize));
+        error
+    }
 }
 
 fn hang_timeout(paused: bool) -> Duration {
@@ -153,8 +209,15 @@ fn hang_timeout(paused: bool) -> Duration {
     }
 }
 
-fn register(stack: &AsyncExitStack, p: &Program, trace: &Trace, paused: bool) {
-    for (i, e) in p.entries.iter().copied().enumerate() {
+fn register(stack: &AsyncExitStack, p: &Program, range: std::ops::Range<usize>, trace: &Trace, paused: bool) {
+    for (i, e) in p
+        .entries
+        .iter()
+        .copied()
+        .enumerate()
+        .skip(range.start)
+        .take(range.len())
+    {
         let builder = stack.entry().label(format!("e{i}"));
         let builder = if e.behaviour == Behaviour::Hang {
             builder.timeout(hang_timeout(paused))
@@ -162,13 +225,18 @@ fn register(stack: &AsyncExitStack, p: &Program, trace: &Trace, paused: bool) {
             builder
         };
         let runs = trace.runs.clone();
-        let outcome = move || -> Result<Flow, BoxError> {
+        let t = trace.clone();
+        let outcome = move |pending: Option<&Pending>| -> Result<Flow, BoxError> {
             match e.behaviour {
                 Behaviour::Ok => Ok(Flow::Propagate),
-                Behaviour::Fail => Err(Box::new(Failed(i))),
+                Behaviour::Fail => Err(t.raise(format!("f{i}"), Failed(i))),
                 Behaviour::Suppress => Ok(Flow::Suppress),
                 Behaviour::Panic => std::panic::panic_any("model panic"),
                 Behaviour::Hang => unreachable!(),
+                Behaviour::Chain => {
+                    let cause = pending.and_then(Pending::cause);
+                    Err(t.raise(format!("c{i}"), Chained { index: i, cause }))
+                }
             }
         };
         match (e.exit, e.sync) {
@@ -176,7 +244,7 @@ fn register(stack: &AsyncExitStack, p: &Program, trace: &Trace, paused: bool) {
                 runs.lock()
                     .unwrap()
                     .push((i, pending.error().map(|e| name(e)).unwrap_or_else(|| "-".into())));
-                outcome()
+                outcome(Some(pending))
             }),
             (true, false) => builder.push_async_exit(move |pending: Pending| async move {
                 runs.lock()
@@ -186,11 +254,11 @@ fn register(stack: &AsyncExitStack, p: &Program, trace: &Trace, paused: bool) {
                 if e.behaviour == Behaviour::Hang {
                     std::future::pending::<()>().await;
                 }
-                outcome()
+                outcome(Some(&pending))
             }),
             (false, true) => builder.callback(move || {
                 runs.lock().unwrap().push((i, String::new()));
-                outcome().map(|_| ())
+                outcome(None).map(|_| ())
             }),
             (false, false) => builder.push_async_callback(move || async move {
                 runs.lock().unwrap().push((i, String::new()));
@@ -198,7 +266,7 @@ fn register(stack: &AsyncExitStack, p: &Program, trace: &Trace, paused: bool) {
                 if e.behaviour == Behaviour::Hang {
                     std::future::pending::<()>().await;
                 }
-                outcome().map(|_| ())
+                outcome(None).map(|_| ())
             }),
         }
     }
@@ -234,9 +302,25 @@ async fn run(p: &Program, trace: &Trace, paused: bool) -> Option<Outcome> {
     let body = {
         let (p, trace) = (p.clone(), trace.clone());
         async move {
-            scope(async |stack| {
-                register(stack, &p, &trace, paused);
-                if p.body_fails { Err(BodyFailed) } else { Ok(()) }
+            scope_suppressible(async |stack| {
+                register(stack, &p, 0..p.split, &trace, paused);
+                let body = || {
+                    if p.body_fails {
+                        Err(trace.raise("body".into(), BodyFailed))
+                    } else {
+                        Ok(())
+                    }
+                };
+                if p.split == p.entries.len() {
+                    return body();
+                }
+                // The rest in a nested scope, whose error the body returns.
+                scope_suppressible(async |inner| {
+                    register(inner, &p, p.split..p.entries.len(), &trace, paused);
+                    body()
+                })
+                .await?;
+                Ok(())
             })
             .await
         }
@@ -253,7 +337,7 @@ async fn run(p: &Program, trace: &Trace, paused: bool) -> Option<Outcome> {
         }
         Cancel::DropStack => {
             let stack = AsyncExitStack::new();
-            register(&stack, p, trace, paused);
+            register(&stack, p, 0..p.entries.len(), trace, paused);
             drop(stack);
             None
         }
@@ -289,7 +373,17 @@ fn check(p: &Program, multi: bool) -> Result<(), TestCaseError> {
     let runs = trace.runs.lock().unwrap().clone();
     let order: Vec<usize> = runs.iter().map(|(i, _)| *i).collect();
     let newest_first: Vec<usize> = (0..p.entries.len()).rev().collect();
-    prop_assert_eq!(&order, &newest_first, "every entry exactly once, newest first");
+    if outcome.is_none() && p.split < p.entries.len() {
+        // A cancelled nested scope and its outer scope are two stacks with
+        // a background unwind each: each runs newest first, and every
+        // entry runs once.
+        let inner: Vec<usize> = order.iter().copied().filter(|&i| i >= p.split).collect();
+        let outer: Vec<usize> = order.iter().copied().filter(|&i| i < p.split).collect();
+        prop_assert_eq!(inner, (p.split..p.entries.len()).rev().collect::<Vec<_>>());
+        prop_assert_eq!(outer, (0..p.split).rev().collect::<Vec<_>>());
+    } else {
+        prop_assert_eq!(&order, &newest_first, "every entry exactly once, newest first");
+    }
 
     let expected = model(p);
     // Ran to the end: what each exit was told and the result match. (When
@@ -303,6 +397,14 @@ fn check(p: &Program, multi: bool) -> Result<(), TestCaseError> {
             (Ok(Err(e)), Some(chain)) => {
                 let got: Vec<String> = e.iter().map(|e| name(e)).collect();
                 prop_assert_eq!(got, chain);
+                // Each link is the very object that was raised.
+                let raised = trace.raised.lock().unwrap();
+                for link in e.iter() {
+                    let at = link as *const dyn std::error::Error as *const () as usize;
+                    if let Some((_, want)) = raised.iter().find(|(n, _)| *n == name(link)) {
+                        prop_assert_eq!(at, *want, "link {} is the object raised", name(link));
+                    }
+                }
             }
             (got, want) => prop_assert!(false, "got {:?}, model says {:?}", got.map(|r| r.map(|_| ())), want),
         }

@@ -84,10 +84,11 @@ async fn open(stack: &AsyncExitStack, addr: std::net::SocketAddr, n: usize) {
 both_flavours! {
     async fn s27_a_thousand_connections_with_unread_input_close_with_clean_eofs_on_aclose() {
         let (addr, ends) = counting_server().await;
+        let n = common::connections(1000);
         let mut stack = AsyncExitStack::new();
-        open(&stack, addr, 1000).await;
+        open(&stack, addr, n).await;
         stack.aclose().await.unwrap();
-        assert_eq!(settle(&ends, 1000).await, (1000, 0, 0), "(clean EOFs, resets, other)");
+        assert_eq!(settle(&ends, n).await, (n, 0, 0), "(clean EOFs, resets, other)");
     }
 }
 
@@ -99,10 +100,11 @@ both_flavours! {
         stack.push_async_callback(move || async move {
             let _ = tx.send(());
         });
-        open(&stack, addr, 1000).await;
+        let n = common::connections(1000);
+        open(&stack, addr, n).await;
         drop(stack);
         done.await.unwrap(); // the background cleanup finished
-        assert_eq!(settle(&ends, 1000).await, (1000, 0, 0), "(clean EOFs, resets, other)");
+        assert_eq!(settle(&ends, n).await, (n, 0, 0), "(clean EOFs, resets, other)");
     }
 }
 

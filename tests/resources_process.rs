@@ -27,7 +27,7 @@ both_flavours! {
             let child = stack.enter_async_context(Command::new("sleep").arg("1000").spawn()?).await.unwrap();
             pid = child.id().unwrap();
             assert!(matches!(process_state(pid), Some(state) if state != 'Z'), "alive");
-            Err::<(), _>(std::io::Error::other("the request failed"))
+            Err::<(), tokio_exit_stack::BoxError>(std::io::Error::other("the request failed").into())
         })
         .await;
         assert_eq!(result.unwrap_err().to_string(), "the request failed");
@@ -49,7 +49,7 @@ both_flavours! {
                 .await
                 .unwrap();
             pid = child.id().unwrap();
-            Ok::<_, std::io::Error>(())
+            Ok(())
         })
         .await
         .unwrap();
@@ -97,7 +97,7 @@ both_flavours! {
                 }))
                 .await
                 .unwrap();
-            Ok::<_, std::io::Error>(())
+            Ok(())
         })
         .await
         .unwrap();
@@ -114,7 +114,7 @@ both_flavours! {
                 }))
                 .await
                 .unwrap();
-            Err::<(), _>(std::io::Error::other("failed"))
+            Err::<(), tokio_exit_stack::BoxError>(std::io::Error::other("failed").into())
         })
         .await;
         assert!(dropped.load(Ordering::SeqCst), "aborted and reaped before aclose returned");
@@ -131,7 +131,7 @@ both_flavours! {
                 let _guard = guard;
                 std::future::pending::<()>().await;
             });
-            Err::<(), _>(std::io::Error::other("failed"))
+            Err::<(), tokio_exit_stack::BoxError>(std::io::Error::other("failed").into())
         })
         .await;
         assert!(dropped.load(Ordering::SeqCst), "every task aborted and reaped");
@@ -140,7 +140,7 @@ both_flavours! {
             let set = stack.enter_async_context(tokio::task::JoinSet::new()).await.unwrap();
             set.spawn(async { panic!("task bug") });
             set.spawn(async {});
-            Ok::<_, std::io::Error>(())
+            Ok(())
         })
         .await
         .unwrap_err();
@@ -152,7 +152,7 @@ both_flavours! {
             let set = stack.enter_async_context(tokio::task::JoinSet::new()).await.unwrap();
             set.spawn(async { panic!("first task bug") });
             set.spawn(async { panic!("second task bug") });
-            Ok::<_, std::io::Error>(())
+            Ok(())
         })
         .await
         .unwrap_err();

@@ -46,7 +46,7 @@ both_flavours! {
             take_three(stack, &s).await;
             panic!("body panicked");
             #[allow(unreachable_code)]
-            Ok::<(), std::io::Error>(())
+            Ok(())
         }))
         .catch_unwind()
         .await;

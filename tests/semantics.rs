@@ -14,7 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 #[cfg(all(feature = "net", feature = "fs"))]
 use tokio_exit_stack::acquire;
-use tokio_exit_stack::{AsyncEnter, AsyncExit, AsyncExitStack, BoxError, Error, Flow, Pending, async_trait, scope};
+use tokio_exit_stack::{
+    AsyncEnter, AsyncExit, AsyncExitStack, BoxError, Error, Flow, Pending, Suppressed, async_trait, scope,
+    scope_suppressible,
+};
 
 /// A resource that records its exit and what it was told.
 struct Probe {
@@ -166,7 +169,7 @@ fn s5_the_stack_and_its_futures_are_send_and_sync() {
         log: Log::default(),
     }));
     send(&stack.aclose());
-    send(&scope(async |_stack| Ok::<_, std::io::Error>(())));
+    send(&scope(async |_stack| Ok::<_, BoxError>(())));
     send(&tokio_exit_stack::drain(std::time::Duration::ZERO));
 }
 
@@ -296,17 +299,17 @@ both_flavours! {
         let l = log.clone();
         let value = scope(async |stack| {
             stack.enter_async_context(Probe { name: "ok-body", log: l.clone() }).await.unwrap();
-            Ok::<_, Named>(42)
+            Ok(42)
         })
         .await
         .unwrap();
-        assert_eq!(value, Some(42));
+        assert_eq!(value, 42);
         assert_eq!(log.take(), ["exit ok-body (none)"]);
 
         let l = log.clone();
         let err = scope(async |stack| {
             stack.enter_async_context(Probe { name: "err-body", log: l.clone() }).await.unwrap();
-            Err::<u32, _>(Named("body failed"))
+            Err::<u32, BoxError>(Named("body failed").into())
         })
         .await
         .unwrap_err();
@@ -327,7 +330,7 @@ both_flavours! {
             stack.enter_async_context(Probe { name: "after-entry-error", log: l.clone() }).await.unwrap();
             stack.push_async_exit(|_| async { Err::<Flow, _>(Named("entry failed")) });
             stack.enter_async_context(Probe { name: "innermost", log: l.clone() }).await.unwrap();
-            Err::<(), _>(Named("body failed"))
+            Err::<(), BoxError>(Named("body failed").into())
         })
         .await;
         assert_eq!(
@@ -341,22 +344,46 @@ both_flavours! {
     async fn s12_a_suppressing_exit_hides_the_error_from_outer_exits_and_the_result() {
         let log = Log::default();
         let l = log.clone();
-        let result = scope(async |stack| {
+        let result = scope_suppressible(async |stack| {
             stack.enter_async_context(Probe { name: "outer", log: l.clone() }).await.unwrap();
             stack.push_async_exit(|pending: Pending| async move {
                 assert!(pending.downcast_ref::<Named>().is_some());
                 Ok::<_, BoxError>(Flow::Suppress)
             });
-            Err::<u8, _>(Named("body failed"))
+            Err::<u8, BoxError>(Named("body failed").into())
         })
         .await;
         assert!(matches!(result, Ok(None)), "every error suppressed: Ok, and no value: {result:?}");
         assert_eq!(log.take(), ["exit outer (none)"]);
 
+        // Plain `scope` has no value to return: one `Suppressed` error that
+        // names the suppressing entry, and not the suppressed error.
+        let l = log.clone();
+        let err = scope(async |stack| {
+            stack.enter_async_context(Probe { name: "outer", log: l.clone() }).await.unwrap();
+            stack.entry().label("swallow").push_exit(|_| Ok::<_, BoxError>(Flow::Suppress));
+            Err::<u8, BoxError>(Named("request refused").into())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err.downcast_ref::<Suppressed>().unwrap().by, "swallow");
+        assert!(!err.is::<Named>() && !format!("{err:#}").contains("request refused"));
+        assert_eq!(log.take(), ["exit outer (none)"]);
+        // A body that succeeded keeps its value when a later error is suppressed.
+        let value = scope(async |stack| {
+            stack.push_exit(|_| Ok::<_, BoxError>(Flow::Suppress));
+            stack.callback(|| Err::<(), _>(Named("cleanup failed")));
+            Ok(7)
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, 7);
+
         // A callback cannot suppress: its success leaves the error pending.
         let result = scope(async |stack| {
             stack.callback(|| ());
-            Err::<u8, _>(Named("body failed"))
+            Err::<u8, BoxError>(Named("body failed").into())
         })
         .await;
         assert_eq!(result.unwrap_err().to_string(), "body failed");
@@ -383,7 +410,7 @@ both_flavours! {
             stack.callback(|| Err::<(), _>(io::Error::other("oldest entry")));
             stack.push_async_exit(|_| async { Err::<Flow, _>(std::fmt::Error) });
             stack.callback(|| Err::<(), _>(Named("newest entry")));
-            Err::<(), _>(Named("body"))
+            Err::<(), BoxError>(Named("body").into())
         })
         .await
         .unwrap_err();
@@ -397,7 +424,7 @@ both_flavours! {
         assert_eq!(it.next().unwrap().downcast_ref::<Named>().unwrap().0, "body");
         assert_eq!(err.oldest().to_string(), "body");
         assert!(err.to_string().starts_with("4 errors while unwinding, newest first: oldest entry; then "));
-        assert!(std::error::Error::source(&err).unwrap().is::<io::Error>());
+        assert!(std::error::Error::source(&err).is_none(), "several links: reached with iter(), not source()");
 
         // The body succeeded and two callbacks failed: both are kept
         // (CPython's gh-102201 drops one).
@@ -443,7 +470,7 @@ both_flavours! {
             stack.callback(|| Err::<(), _>(Named("after suppression")));
             stack.push_exit(|_| Ok::<_, BoxError>(Flow::Suppress));
             stack.callback(|| Err::<(), _>(Named("suppressed entry error")));
-            Err::<(), _>(Named("suppressed body error"))
+            Err::<(), BoxError>(Named("suppressed body error").into())
         })
         .await
         .unwrap_err();
@@ -464,7 +491,7 @@ both_flavours! {
                 assert!(pending.is_err());
                 Ok::<_, BoxError>(Flow::Propagate)
             });
-            Err::<(), _>(Named("body"))
+            Err::<(), BoxError>(Named("body").into())
         })
         .await
         .unwrap_err();

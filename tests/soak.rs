@@ -1,13 +1,15 @@
 //! Soak: 100,000 stacks on a multi-thread runtime with random faults, some
 //! closed, some dropped, some cancelled mid-unwind. Afterwards every
-//! registered cleanup has run exactly once, and live heap memory is back to
-//! where it started.
+//! registered cleanup has run exactly once (each counted on its own), and
+//! live heap memory is back to where it started.
 //!
-//! The default run takes seconds; the long version:
-//! `SOAK_STACKS=5000000 cargo test --release --test soak -- --nocapture`.
+//! Each run draws a new program unless `SOAK_SEED` fixes it; the seed is
+//! printed, and named in every failure. The default run takes seconds; the
+//! long version:
+//! `SOAK_STACKS=5000000 SOAK_SEED=7 cargo test --release --test soak -- --nocapture`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio_exit_stack::{AsyncExitStack, BoxError, Flow, Pending};
@@ -31,8 +33,31 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-static REGISTERED: AtomicU64 = AtomicU64::new(0);
-static RAN: AtomicU64 = AtomicU64::new(0);
+/// The next entry's number: each entry counts its own runs in `RUNS`.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// Runs per entry, indexed by entry number; sized before the measured round.
+static RUNS: std::sync::OnceLock<Box<[AtomicU8]>> = std::sync::OnceLock::new();
+
+/// Registers one entry: its number, for `ran`.
+fn register() -> usize {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(
+        id < RUNS.get().map_or(0, |r| r.len()),
+        "more entries than the soak sized for"
+    );
+    id
+}
+
+/// Entry `id` ran.
+fn ran(id: usize) {
+    if let Some(runs) = RUNS.get() {
+        runs[id].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The most entries one stack registers: 8 entries, each a group of up to
+/// 3 members at most.
+const MAX_ENTRIES_PER_STACK: usize = 8 * 3;
 
 /// A small deterministic generator (xorshift), one per task.
 struct Rng(u64);
@@ -52,40 +77,47 @@ async fn one_stack(rng: &mut Rng) {
     let mut stack = AsyncExitStack::new();
     let n = 1 + rng.below(8);
     for _ in 0..n {
-        REGISTERED.fetch_add(1, Ordering::Relaxed);
         let fault = rng.below(10);
         match rng.below(4) {
-            0 => stack.callback(move || {
-                RAN.fetch_add(1, Ordering::Relaxed);
-                if fault == 0 {
-                    Err(std::io::Error::other("fault"))
-                } else {
-                    Ok(())
-                }
-            }),
-            1 => stack.push_async_callback(move || async move {
-                RAN.fetch_add(1, Ordering::Relaxed);
-                tokio::task::yield_now().await;
-                if fault == 0 {
-                    std::panic::panic_any("soak panic");
-                }
-            }),
-            2 => stack.push_async_exit(move |_: Pending| async move {
-                RAN.fetch_add(1, Ordering::Relaxed);
-                tokio::task::yield_now().await;
-                match fault {
-                    0 => Err::<Flow, BoxError>("fault".into()),
-                    1 => Ok(Flow::Suppress),
-                    _ => Ok(Flow::Propagate),
-                }
-            }),
+            0 => {
+                let id = register();
+                stack.callback(move || {
+                    ran(id);
+                    if fault == 0 {
+                        Err(std::io::Error::other("fault"))
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
+            1 => {
+                let id = register();
+                stack.push_async_callback(move || async move {
+                    ran(id);
+                    tokio::task::yield_now().await;
+                    if fault == 0 {
+                        std::panic::panic_any("soak panic");
+                    }
+                })
+            }
+            2 => {
+                let id = register();
+                stack.push_async_exit(move |_: Pending| async move {
+                    ran(id);
+                    tokio::task::yield_now().await;
+                    match fault {
+                        0 => Err::<Flow, BoxError>("fault".into()),
+                        1 => Ok(Flow::Suppress),
+                        _ => Ok(Flow::Propagate),
+                    }
+                })
+            }
             _ => {
                 let group = stack.enter_group();
-                REGISTERED.fetch_sub(1, Ordering::Relaxed); // the group itself runs nothing
                 for _ in 0..1 + rng.below(3) {
-                    REGISTERED.fetch_add(1, Ordering::Relaxed);
-                    group.push_async_callback(|| async {
-                        RAN.fetch_add(1, Ordering::Relaxed);
+                    let id = register();
+                    group.push_async_callback(move || async move {
+                        ran(id);
                         tokio::task::yield_now().await;
                     });
                 }
@@ -147,6 +179,16 @@ fn soak_every_cleanup_runs_once_and_memory_returns_to_its_start() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let seed: u64 = match std::env::var("SOAK_SEED") {
+        Ok(v) => v.parse().expect("SOAK_SEED is a number"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 | 1),
+    };
+    eprintln!("soak: SOAK_SEED={seed} SOAK_STACKS={stacks}");
+    // Sized before the baseline is measured, so it is part of it.
+    let capacity = (stacks as usize + 10_000) * MAX_ENTRIES_PER_STACK;
+    RUNS.get_or_init(|| (0..capacity).map(|_| AtomicU8::new(0)).collect());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -154,26 +196,27 @@ fn soak_every_cleanup_runs_once_and_memory_returns_to_its_start() {
         .unwrap();
     rt.block_on(async {
         // Warm up: let the runtime and the allocator reach their steady size.
-        round(10_000, 1).await;
+        round(10_000, seed.wrapping_add(1)).await;
         let baseline = LIVE.load(Ordering::SeqCst);
-        REGISTERED.store(0, Ordering::SeqCst);
-        RAN.store(0, Ordering::SeqCst);
 
-        round(stacks, 2).await;
-        let registered = REGISTERED.load(Ordering::SeqCst);
-        assert!(registered > stacks, "{registered}");
-        assert_eq!(
-            RAN.load(Ordering::SeqCst),
-            registered,
-            "every registered cleanup ran exactly once"
-        );
+        round(stacks, seed).await;
+        let registered = NEXT.load(Ordering::SeqCst);
+        assert!(registered as u64 > stacks, "SOAK_SEED={seed}: {registered}");
+        let runs = RUNS.get().unwrap();
+        for (id, count) in runs[..registered].iter().enumerate() {
+            let count = count.load(Ordering::SeqCst);
+            assert_eq!(
+                count, 1,
+                "SOAK_SEED={seed}: entry {id} ran {count} times, not exactly once"
+            );
+        }
 
         let after = LIVE.load(Ordering::SeqCst);
         eprintln!("soak: {stacks} stacks, {registered} cleanups; live heap {baseline} -> {after} bytes");
         // A leak of a single byte per stack would exceed this.
         assert!(
             after <= baseline + (stacks as usize) / 2,
-            "live heap grew from {baseline} to {after} bytes"
+            "SOAK_SEED={seed}: live heap grew from {baseline} to {after} bytes"
         );
     });
 }

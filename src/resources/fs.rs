@@ -1,5 +1,5 @@
 //! `tokio::fs::File`: flush on exit, so the last write reaches the file and
-//! its error is reported, not lost (S28, pitfall P1). [`Durable`] also
+//! its error is reported, not lost. [`Durable`] also
 //! syncs to disk.
 
 use std::ops::{Deref, DerefMut};
@@ -21,7 +21,7 @@ impl AsyncExit for File {
 }
 
 /// A file whose exit also syncs it to disk (`fsync`): the opt-in durable
-/// mode of S28. Derefs to the file.
+/// mode. Derefs to the file.
 ///
 /// Costs one `sync_all` at exit, which can take milliseconds on a real
 /// disk; use it for files that must survive a power cut, not for logs.

@@ -1,5 +1,5 @@
 //! `BufWriter` and `BufStream`: flush and shut down on exit, so no buffered
-//! byte is lost (S29, pitfall P2).
+//! byte is lost.
 
 use std::any::type_name;
 

@@ -5,7 +5,7 @@
 //! The table of what each exit does is in the crate docs.
 //!
 //! A release that fails reports a [`ResourceError`](crate::ResourceError)
-//! naming the resource and the step (S32); the unwind carries on.
+//! naming the resource and the step; the unwind carries on.
 
 #[cfg(any(feature = "net", feature = "io-util"))]
 mod drain;

@@ -1,6 +1,6 @@
 //! `TcpStream` and `UnixStream`: shut down the write side, then drain
 //! unread input (bounded), so the peer sees a clean EOF, never a reset
-//! (S27, pitfall P3).
+//!.
 
 use std::borrow::Cow;
 use std::net::Shutdown;

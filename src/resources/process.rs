@@ -1,5 +1,5 @@
 //! `tokio::process::Child`: wait for it on success; kill and reap it when
-//! something failed or the scope was abandoned, so no zombie is left (S31).
+//! something failed or the scope was abandoned, so no zombie is left.
 
 use std::borrow::Cow;
 

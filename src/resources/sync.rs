@@ -1,5 +1,5 @@
 //! Semaphore permits and owned lock guards: released inline on exit, with
-//! no task spawned, even when the stack is dropped (S30, pitfall P9).
+//! no task spawned, even when the stack is dropped.
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! `JoinHandle` and `JoinSet`: await on success; abort, then await (reap),
-//! when something failed or the scope was abandoned (S31, pitfall P10: a
+//! when something failed or the scope was abandoned (a
 //! dropped handle detaches its task instead of stopping it).
 
 use std::any::type_name;

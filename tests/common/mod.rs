@@ -207,3 +207,27 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
+
+/// How many loopback connections a test may open when it wants `want`:
+/// raises this process's soft open-file limit toward the hard limit (the
+/// default soft limit, 1024, is too low for a thousand connections, each
+/// two descriptors, with four such tests running at once), and scales
+/// down, saying so, when the hard limit is too low.
+#[cfg(unix)]
+pub fn connections(want: usize) -> usize {
+    /// Tests that may open `want` connections at the same time.
+    const AT_ONCE: u64 = 4;
+    /// Descriptors kept for everything else: the runtime, files, pipes.
+    const SPARE: u64 = 256;
+    let needed = want as u64 * 2 * AT_ONCE + SPARE;
+    let limit = rlimit::increase_nofile_limit(needed).unwrap_or(1024);
+    if limit >= needed {
+        return want;
+    }
+    let n = ((limit.saturating_sub(SPARE)) / (2 * AT_ONCE)) as usize;
+    eprintln!(
+        "open-file limit is {limit} (RLIMIT_NOFILE hard limit too low for {needed}): \
+         this test opens {n} connections instead of {want}"
+    );
+    n.max(1)
+}
