@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -39,9 +40,11 @@ struct Spec {
 enum Cancel {
     /// Run to the end.
     None,
-    /// Drop the scope's future after this many polls (at least one, so
-    /// that the body has registered its entries).
-    AfterPolls(u8),
+    /// Drop the scope's future after some polls: at least one (so that the
+    /// body has registered its entries), and fewer than an uncancelled run
+    /// of the same program takes, measured first, so that it lands in the
+    /// unwind.
+    AfterPolls(proptest::sample::Index),
     /// Register on a plain stack and drop it without `aclose`.
     DropStack,
 }
@@ -76,7 +79,7 @@ fn spec() -> impl Strategy<Value = Spec> {
 fn program() -> impl Strategy<Value = Program> {
     let cancel = prop_oneof![
         4 => Just(Cancel::None),
-        3 => (1..24u8).prop_map(Cancel::AfterPolls),
+        3 => any::<proptest::sample::Index>().prop_map(Cancel::AfterPolls),
         1 => Just(Cancel::DropStack),
     ];
     (
@@ -118,20 +121,34 @@ struct Chained {
 #[error("body")]
 struct BodyFailed;
 
-/// What the model predicts for a run to the end.
+/// What the model predicts.
 #[derive(Debug, PartialEq)]
 struct Expected {
     /// For each exit, newest first: (index, pending error it was told).
     told: Vec<(usize, String)>,
     /// Final errors, newest first; `None` when a panic is resumed.
     result: Option<Vec<String>>,
+    /// Whether any entry failed (raised, panicked or timed out), even if a
+    /// later exit suppressed it: a background unwind then ends with a WARN.
+    failed: bool,
+    /// The final chain, newest first, panics included.
+    chain: Vec<String>,
 }
 
-fn model(p: &Program) -> Expected {
-    let mut chain: Vec<String> = if p.body_fails { vec!["body".into()] } else { vec![] };
+/// `abandoned`: the unwind (of a program without a nested scope) was
+/// handed to the background after this many entries had started (the last
+/// of them still in flight), or, for 0, before any did (a dropped stack).
+fn model(p: &Program, abandoned: Option<usize>) -> Expected {
+    // A dropped stack has no body.
+    let body_fails = p.body_fails && abandoned != Some(0);
+    let mut chain: Vec<String> = if body_fails { vec!["body".into()] } else { vec![] };
     let mut told = Vec::new();
     let mut panicked = false;
-    for (i, e) in p.entries.iter().enumerate().rev() {
+    let mut failed = false;
+    if abandoned == Some(0) {
+        chain.push("abandoned".into());
+    }
+    for (n, (i, e)) in p.entries.iter().enumerate().rev().enumerate() {
         if panicked && i + 1 == p.split {
             // The nested scope resumed a panic through the body: the outer
             // stack is dropped, and its entries run in the background, told
@@ -141,6 +158,13 @@ fn model(p: &Program) -> Expected {
         if e.exit {
             told.push((i, chain.last().cloned().unwrap_or_else(|| "-".into())));
         }
+        if abandoned == Some(n + 1) && chain.is_empty() {
+            // Cancelled while this entry was in flight: from its outcome on,
+            // the unwind runs in the background, told it was cancelled
+            // unless an error is already pending.
+            chain.push("abandoned".into());
+        }
+        failed |= !matches!(e.behaviour, Behaviour::Ok | Behaviour::Suppress);
         match e.behaviour {
             Behaviour::Ok => {}
             Behaviour::Fail => chain.push(format!("f{i}")),
@@ -161,7 +185,40 @@ fn model(p: &Program) -> Expected {
     chain.reverse();
     Expected {
         told,
-        result: (!panicked).then_some(chain),
+        result: (!panicked).then_some(chain.clone()),
+        failed,
+        chain,
+    }
+}
+
+/// How the model's name for an error displays.
+fn message(name: &str, paused: bool) -> String {
+    match name.split_at(1) {
+        ("p", i) => format!("cleanup of e{i} panicked: model panic"),
+        ("t", i) => format!(
+            "cleanup of e{i} timed out after {:?} and was abandoned",
+            hang_timeout(paused)
+        ),
+        _ => name.to_owned(),
+    }
+}
+
+/// What a background unwind reports at its end, for the model's final
+/// chain (newest first): the `errors` field of its WARN event.
+fn reported(chain: &[String], paused: bool) -> String {
+    let links: Vec<String> = chain
+        .iter()
+        .filter(|n| *n != "abandoned")
+        .map(|n| message(n, paused))
+        .collect();
+    match links.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        several => format!(
+            "{} errors while unwinding, newest first: {}",
+            several.len(),
+            several.join("; then ")
+        ),
     }
 }
 
@@ -190,6 +247,10 @@ struct Trace {
     runs: Arc<Mutex<Vec<(usize, String)>>>,
     /// The address of every error raised by an entry or the body, by name.
     raised: Arc<Mutex<Vec<(String, usize)>>>,
+    /// How many entries had started when the scope's future was dropped.
+    started_at_cancel: Arc<Mutex<Option<usize>>>,
+    /// How many times the scope's future was polled.
+    polls: Arc<Mutex<usize>>,
 }
 
 impl Trace {
@@ -272,20 +333,25 @@ fn register(stack: &AsyncExitStack, p: &Program, range: std::ops::Range<usize>, 
     }
 }
 
-/// Polls `inner` at most `polls` times, then drops it.
+/// Polls `inner` at most `polls` times, then drops it, noting how many
+/// entries had started by then; counts the polls of a run that finishes.
 struct CancelAfter<F> {
     inner: Option<Pin<Box<F>>>,
-    polls: u8,
+    polls: usize,
+    trace: Trace,
 }
 
 impl<F: Future> Future for CancelAfter<F> {
     type Output = Option<F::Output>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.polls == 0 {
+            let started = self.trace.runs.lock().unwrap().len();
+            *self.trace.started_at_cancel.lock().unwrap() = Some(started);
             self.inner = None;
             return Poll::Ready(None);
         }
         self.polls -= 1;
+        *self.trace.polls.lock().unwrap() += 1;
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -298,7 +364,8 @@ impl<F: Future> Future for CancelAfter<F> {
 
 type Outcome = std::thread::Result<Result<Option<()>, Error>>;
 
-async fn run(p: &Program, trace: &Trace, paused: bool) -> Option<Outcome> {
+/// Runs `p`; a `Cancel::AfterPolls` program is dropped after `polls` polls.
+async fn run(p: &Program, trace: &Trace, paused: bool, polls: usize) -> Option<Outcome> {
     let body = {
         let (p, trace) = (p.clone(), trace.clone());
         async move {
@@ -328,10 +395,11 @@ async fn run(p: &Program, trace: &Trace, paused: bool) -> Option<Outcome> {
     let caught = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(body));
     match p.cancel {
         Cancel::None => Some(caught.await),
-        Cancel::AfterPolls(k) => {
+        Cancel::AfterPolls(_) => {
             CancelAfter {
                 inner: Some(Box::pin(caught)),
-                polls: k,
+                polls,
+                trace: trace.clone(),
             }
             .await
         }
@@ -344,11 +412,11 @@ async fn run(p: &Program, trace: &Trace, paused: bool) -> Option<Outcome> {
     }
 }
 
-fn check(p: &Program, multi: bool) -> Result<(), TestCaseError> {
-    let paused = !multi;
-    let rt = if multi {
+fn runtime(multi: bool) -> tokio::runtime::Runtime {
+    if multi {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(WORKER)
             .enable_all()
             .build()
     } else {
@@ -357,10 +425,16 @@ fn check(p: &Program, multi: bool) -> Result<(), TestCaseError> {
             .start_paused(true)
             .build()
     }
-    .unwrap();
-    let trace = Trace::default();
+    .unwrap()
+}
+
+/// Runs `p` on a fresh runtime, waits for its background cleanup, and
+/// returns what it gave (`None` when cancelled or dropped).
+fn execute(p: &Program, multi: bool, trace: &Trace, polls: usize) -> Option<Outcome> {
+    let paused = !multi;
+    let rt = runtime(multi);
     let outcome = rt.block_on(async {
-        let outcome = run(p, &trace, paused).await;
+        let outcome = run(p, trace, paused, polls).await;
         // Wait (in virtual time on the paused clock) for background cleanup.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while trace.runs.lock().unwrap().len() < p.entries.len() && tokio::time::Instant::now() < deadline {
@@ -370,10 +444,48 @@ fn check(p: &Program, multi: bool) -> Result<(), TestCaseError> {
         outcome
     });
     drop(rt);
+    outcome
+}
+
+/// How many cancel cases ran, and how many of them were cancelled in the
+/// unwind.
+#[derive(Default)]
+struct Share {
+    cases: AtomicUsize,
+    mid_unwind: AtomicUsize,
+}
+
+fn check(p: &Program, multi: bool, share: &Share) -> Result<(), TestCaseError> {
+    let paused = !multi;
+    // A cancel point drawn from the program's own poll count: measured on an
+    // uncancelled run first.
+    let polls = match p.cancel {
+        Cancel::AfterPolls(at) => {
+            let measure = Trace::default();
+            let _ = execute(
+                &Program {
+                    cancel: Cancel::None,
+                    ..p.clone()
+                },
+                multi,
+                &measure,
+                usize::MAX,
+            );
+            let total = *measure.polls.lock().unwrap();
+            let total = total.max(*measure.polls.lock().unwrap());
+            if total > 1 { 1 + at.index(total - 1) } else { 1 }
+        }
+        _ => usize::MAX,
+    };
+    let trace = Trace::default();
+    let events = Events::start();
+    let outcome = execute(p, multi, &trace, polls);
+    let events = events.finish(multi);
     let runs = trace.runs.lock().unwrap().clone();
     let order: Vec<usize> = runs.iter().map(|(i, _)| *i).collect();
     let newest_first: Vec<usize> = (0..p.entries.len()).rev().collect();
-    if outcome.is_none() && p.split < p.entries.len() {
+    let nested = p.split < p.entries.len();
+    if outcome.is_none() && nested {
         // A cancelled nested scope and its outer scope are two stacks with
         // a background unwind each: each runs newest first, and every
         // entry runs once.
@@ -384,32 +496,146 @@ fn check(p: &Program, multi: bool) -> Result<(), TestCaseError> {
     } else {
         prop_assert_eq!(&order, &newest_first, "every entry exactly once, newest first");
     }
+    let told: Vec<(usize, String)> = runs.into_iter().filter(|(i, _)| p.entries[*i].exit).collect();
 
-    let expected = model(p);
-    // Ran to the end: what each exit was told and the result match. (When
-    // cancelled or dropped, the order check above is the property.)
-    if let Some(outcome) = outcome {
-        let told: Vec<(usize, String)> = runs.into_iter().filter(|(i, _)| p.entries[*i].exit).collect();
-        prop_assert_eq!(&told, &expected.told);
-        match (outcome, expected.result) {
-            (Err(_panic), None) => {}
-            (Ok(Ok(_)), Some(chain)) if chain.is_empty() => {}
-            (Ok(Err(e)), Some(chain)) => {
-                let got: Vec<String> = e.iter().map(|e| name(e)).collect();
-                prop_assert_eq!(got, chain);
-                // Each link is the very object that was raised.
-                let raised = trace.raised.lock().unwrap();
-                for link in e.iter() {
-                    let at = link as *const dyn std::error::Error as *const () as usize;
-                    if let Some((_, want)) = raised.iter().find(|(n, _)| *n == name(link)) {
-                        prop_assert_eq!(at, *want, "link {} is the object raised", name(link));
-                    }
-                }
-            }
-            (got, want) => prop_assert!(false, "got {:?}, model says {:?}", got.map(|r| r.map(|_| ())), want),
+    if let Cancel::AfterPolls(_) = p.cancel {
+        share.cases.fetch_add(1, Ordering::Relaxed);
+        if outcome.is_none() {
+            share.mid_unwind.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    let Some(outcome) = outcome else {
+        if nested {
+            return Ok(()); // two stacks: the order above is the property
+        }
+        // Cancelled or dropped: the rest ran in the background. What each
+        // exit was told, and what the background unwind reported, match
+        // the model.
+        let started = match p.cancel {
+            Cancel::DropStack => 0,
+            _ => trace.started_at_cancel.lock().unwrap().expect("cancelled"),
+        };
+        if p.entries.is_empty() {
+            return Ok(()); // nothing to unwind
+        }
+        let expected = model(p, Some(started));
+        prop_assert_eq!(
+            &told,
+            &expected.told,
+            "what each exit was told (cancelled after {} started)",
+            started
+        );
+        let end: Vec<&Captured> = events
+            .iter()
+            .filter(|e| e.message.starts_with("background cleanup finished"))
+            .collect();
+        prop_assert_eq!(end.len(), 1, "one end event: {:?}", events);
+        if expected.failed {
+            prop_assert_eq!(end[0].level, tracing::Level::WARN);
+            prop_assert_eq!(end[0].errors.as_str(), reported(&expected.chain, paused));
+        } else {
+            prop_assert_eq!(end[0].level, tracing::Level::DEBUG);
+        }
+        return Ok(());
+    };
+
+    let expected = model(p, None);
+    // Ran to the end: what each exit was told and the result match.
+    prop_assert_eq!(&told, &expected.told);
+    match (outcome, expected.result) {
+        (Err(_panic), None) => {}
+        (Ok(Ok(_)), Some(chain)) if chain.is_empty() => {}
+        (Ok(Err(e)), Some(chain)) => {
+            let got: Vec<String> = e.iter().map(|e| name(e)).collect();
+            prop_assert_eq!(got, chain);
+            // Each link is the very object that was raised.
+            let raised = trace.raised.lock().unwrap();
+            for link in e.iter() {
+                let at = link as *const dyn std::error::Error as *const () as usize;
+                if let Some((_, want)) = raised.iter().find(|(n, _)| *n == name(link)) {
+                    prop_assert_eq!(at, *want, "link {} is the object raised", name(link));
+                }
+            }
+        }
+        (got, want) => prop_assert!(false, "got {:?}, model says {:?}", got.map(|r| r.map(|_| ())), want),
+    }
     Ok(())
+}
+
+/// The name of the multi-thread runtime's worker threads, to tell its
+/// events from those of the test running beside it.
+const WORKER: &str = "model-worker";
+
+/// An event as the model checks it.
+#[derive(Debug, Clone)]
+struct Captured {
+    thread: String,
+    level: tracing::Level,
+    message: String,
+    errors: String,
+}
+
+/// Every event of the process, recorded by one global subscriber; each
+/// test takes those of its own threads.
+static EVENTS: Mutex<Vec<Captured>> = Mutex::new(Vec::new());
+
+struct Recorder;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields<'a>(&'a mut Captured);
+        impl tracing::field::Visit for Fields<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "message" => self.0.message = format!("{value:?}"),
+                    "errors" => self.0.errors = format!("{value:?}"),
+                    _ => {}
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.record_debug(field, &format_args!("{value}"));
+            }
+        }
+        let mut c = Captured {
+            thread: std::thread::current().name().unwrap_or("").to_owned(),
+            level: *event.metadata().level(),
+            message: String::new(),
+            errors: String::new(),
+        };
+        event.record(&mut Fields(&mut c));
+        EVENTS.lock().unwrap().push(c);
+    }
+}
+
+/// The events one case emitted, on its test's thread and (multi-thread)
+/// its runtime's workers.
+struct Events {
+    from: usize,
+    thread: String,
+}
+
+impl Events {
+    fn start() -> Self {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            use tracing_subscriber::prelude::*;
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Recorder)).unwrap();
+        });
+        Self {
+            from: EVENTS.lock().unwrap().len(),
+            thread: std::thread::current().name().unwrap_or("").to_owned(),
+        }
+    }
+
+    fn finish(self, multi: bool) -> Vec<Captured> {
+        let events = EVENTS.lock().unwrap();
+        events[self.from..]
+            .iter()
+            .filter(|e| e.thread == self.thread || (multi && e.thread == WORKER))
+            .cloned()
+            .collect()
+    }
 }
 
 fn cases() -> u32 {
@@ -431,18 +657,44 @@ fn quiet_model_panics() {
     });
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn s8_to_s21_model_current_thread(p in program()) {
-        quiet_model_panics();
-        check(&p, false)?;
+/// Runs the model on one runtime flavour, then prints (and checks) the
+/// share of cancel cases that were cancelled in the unwind.
+fn model_run(multi: bool) {
+    quiet_model_panics();
+    let share = Share::default();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    if let Err(e) = runner.run(&program(), |p| check(&p, multi, &share)) {
+        panic!("{e}");
     }
+    let (cases, mid) = (
+        share.cases.load(Ordering::Relaxed),
+        share.mid_unwind.load(Ordering::Relaxed),
+    );
+    let percent = if cases == 0 {
+        0.0
+    } else {
+        100.0 * mid as f64 / cases as f64
+    };
+    eprintln!(
+        "model ({}): {mid} of {cases} cancel cases cancelled mid-unwind ({percent:.0}%)",
+        if multi { "multi_thread" } else { "current_thread" }
+    );
+    assert!(
+        percent >= 50.0,
+        "only {percent:.0}% of the cancel cases cancelled mid-unwind"
+    );
+}
 
-    #[test]
-    fn s8_to_s21_model_multi_thread(p in program()) {
-        quiet_model_panics();
-        check(&p, true)?;
-    }
+#[test]
+fn s8_to_s21_model_current_thread() {
+    model_run(false);
+}
+
+#[test]
+fn s8_to_s21_model_multi_thread() {
+    model_run(true);
 }
