@@ -40,6 +40,8 @@ static LOST: AtomicU64 = AtomicU64::new(0);
 /// runtime to run it on, synchronous best effort right here.
 pub(crate) fn hand_off(mut unwind: Unwind) {
     unwind.mode = Mode::Background;
+    // Inline, with no task, the loop must not yield: it gets one poll.
+    unwind.cooperative = false;
     if unwind.runs_inline() && poll_inline(&mut unwind) {
         return;
     }
@@ -73,6 +75,7 @@ fn poll_inline(unwind: &mut Unwind) -> bool {
 }
 
 async fn run(mut unwind: Unwind) {
+    unwind.cooperative = true;
     unwind.run().await;
     unwind.report();
 }

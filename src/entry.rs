@@ -13,6 +13,7 @@ use std::any::type_name;
 use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -66,15 +67,15 @@ impl Entry {
     }
 
     /// The caller's label, else the exit's own (`detailed`: as its
-    /// `AsyncExit::label` says, which may format; otherwise its type name,
-    /// which costs nothing).
+    /// `AsyncExit::label` says, which may format, and may panic: then the
+    /// type name; otherwise the type name, which costs nothing).
     #[inline]
     pub(crate) fn label(&self, detailed: bool) -> Cow<'static, str> {
         if let Some(label) = self.options.as_ref().and_then(|o| o.label.as_ref()) {
             return label.clone();
         }
         match &self.exit {
-            Exit::Async(exit) if detailed => exit.get().label(),
+            Exit::Async(exit) if detailed => label_of(exit.get()),
             Exit::Async(exit) => Cow::Borrowed(exit.get().type_name()),
             Exit::Sync(exit) => exit.get().label(),
             Exit::Group(group) if detailed => Cow::Owned(format!("group of {}", group.get().len())),
@@ -83,11 +84,14 @@ impl Entry {
     }
 
     /// Whether unwinding this entry needs a runtime (see
-    /// [`AsyncExit::needs_runtime`]).
+    /// [`AsyncExit::needs_runtime`]); `true` when that method panics.
     pub(crate) fn needs_runtime(&self) -> bool {
         self.timeout().is_some()
             || match &self.exit {
-                Exit::Async(exit) => exit.get().needs_runtime(),
+                Exit::Async(exit) => {
+                    let exit = exit.get();
+                    catch_unwind(AssertUnwindSafe(|| exit.needs_runtime())).unwrap_or(true)
+                }
                 Exit::Sync(_) => false,
                 Exit::Group(group) => group.get().needs_runtime(),
             }
@@ -264,6 +268,12 @@ where
     fn label(&self) -> Cow<'static, str> {
         Cow::Borrowed(type_name::<F>())
     }
+}
+
+/// An exit's own label, or its type name if `label` panics (user code: a
+/// panic there must not lose the entry).
+pub(crate) fn label_of(exit: &dyn ErasedExit) -> Cow<'static, str> {
+    catch_unwind(AssertUnwindSafe(|| exit.label())).unwrap_or(Cow::Borrowed(exit.type_name()))
 }
 
 /// The type-erased form of every async entry: an entered resource (any

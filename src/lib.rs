@@ -116,7 +116,16 @@
 //!   were lost or cut off. A cleanup lost to shutdown, or dropped where no
 //!   runtime exists, is an ERROR event naming it, never silent.
 //! * **Panics** in a cleanup do not stop the others; `aclose` resumes the
-//!   first once all have run.
+//!   first once all have run. This needs unwinding panics: under
+//!   `panic = "abort"` the first panic in any user code the stack calls
+//!   (an exit, a callback, a label, a resource's `Drop`) ends the process,
+//!   and no later entry runs.
+//! * **Cancellation** is normal life: a [`scope`] whose future is dropped
+//!   (a timeout, a lost `select!` branch) runs its cleanup in the
+//!   background, its exits told [`AbandonCause::Cancelled`], with a DEBUG
+//!   event only. A stack made with `new()` and dropped holding entries is a
+//!   WARN (a forgotten `aclose`) unless it was declared
+//!   [`set_cancellable`](AsyncExitStack::set_cancellable).
 //! * **Timeouts**: per entry ([`EntryBuilder::timeout`]) and for a whole
 //!   unwind ([`AsyncExitStack::set_unwind_timeout`]).
 //! * **Concurrent groups** ([`AsyncExitStack::enter_group`]) close many

@@ -96,6 +96,10 @@ pub struct AsyncExitStack {
     handle: Option<Handle>,
     site: &'static Location<'static>,
     unwind_timeout: Option<Duration>,
+    /// Whether a drop holding entries is a cancellation by design (a scope's
+    /// stack, or one its owner declared so) rather than a forgotten
+    /// `aclose`.
+    cancellable: bool,
 }
 
 impl AsyncExitStack {
@@ -115,7 +119,37 @@ impl AsyncExitStack {
             handle: Handle::try_current().ok(),
             site,
             unwind_timeout: None,
+            cancellable: false,
         }
+    }
+
+    /// Declares that dropping this stack while it holds entries is a normal
+    /// cancellation, not a forgotten `aclose`: for a stack owned by a future
+    /// that a timeout or a lost `select!` branch may drop, and for tests
+    /// that drop stacks on purpose. Such a drop still runs the cleanup in
+    /// the background, but its exits are told the stack was cancelled
+    /// ([`AbandonCause::Cancelled`]), it is a DEBUG event instead of a WARN,
+    /// and strict mode does not panic for it. A [`scope`]'s stack is
+    /// always cancellable.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use tokio_exit_stack::AsyncExitStack;
+    ///
+    /// let request = async {
+    ///     let mut stack = AsyncExitStack::new();
+    ///     stack.set_cancellable(true); // a timeout may drop this future
+    ///     stack.push_async_callback(|| async { /* release */ });
+    ///     std::future::pending::<()>().await;
+    ///     stack.aclose().await
+    /// };
+    /// assert!(tokio::time::timeout(Duration::from_millis(1), request).await.is_err());
+    /// # }
+    /// ```
+    pub fn set_cancellable(&mut self, cancellable: bool) {
+        self.cancellable = cancellable;
     }
 
     /// Where this stack was created.
@@ -252,11 +286,11 @@ impl AsyncExitStack {
 
     /// Registers a synchronous callback; it runs inline at unwind.
     ///
-    /// Like a `Drop`, a synchronous callback or exit may run while a panic
-    /// unwinds (a stack dropped by a panic releases its synchronous entries
-    /// inline); a panic inside it then aborts the process, as a panicking
-    /// `Drop` would. An async exit runs there only if its
-    /// [`AsyncExit::needs_runtime`] says it may.
+    /// A synchronous callback or exit may run while a panic unwinds (a
+    /// stack dropped by a panic releases its synchronous entries inline). A
+    /// panic inside it is caught there as anywhere else: the remaining
+    /// entries still run, and the panic is reported as an ERROR event
+    /// naming the entry.
     pub fn callback<F, R>(&self, callback: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -286,6 +320,7 @@ impl AsyncExitStack {
             handle: self.handle.clone(),
             site: Location::caller(),
             unwind_timeout: self.unwind_timeout,
+            cancellable: false,
         }
     }
 
@@ -353,11 +388,28 @@ impl Drop for AsyncExitStack {
         }
         let panicking = std::thread::panicking();
         let count = entries.len();
-        tracing::warn!(
-            site = %self.site,
-            entries = count,
-            "exit stack dropped without aclose; its cleanup runs in the background",
-        );
+        let cause = if panicking {
+            AbandonCause::Panicking
+        } else if self.cancellable {
+            AbandonCause::Cancelled
+        } else {
+            AbandonCause::Dropped
+        };
+        if cause == AbandonCause::Cancelled {
+            // Cancellation is the normal life of a tokio service: the owner
+            // of the timeout reports it.
+            tracing::debug!(
+                site = %self.site,
+                entries = count,
+                "exit stack cancelled; its cleanup runs in the background",
+            );
+        } else {
+            tracing::warn!(
+                site = %self.site,
+                entries = count,
+                "exit stack dropped without aclose; its cleanup runs in the background",
+            );
+        }
         let mut unwind = Unwind::new(
             entries,
             Chain::default(),
@@ -367,13 +419,9 @@ impl Drop for AsyncExitStack {
             self.handle.take(),
             self.unwind_timeout,
         );
-        unwind.abandon(if panicking {
-            AbandonCause::Panicking
-        } else {
-            AbandonCause::Dropped
-        });
+        unwind.abandon(cause);
         background::hand_off(unwind);
-        if !panicking && background::is_strict() {
+        if cause == AbandonCause::Dropped && background::is_strict() {
             panic!(
                 "exit stack created at {} dropped without aclose while holding {count} entries \
                  (strict mode, from set_strict or {}); the cleanup still runs in the background",
@@ -569,7 +617,8 @@ pub fn scope<F, T>(body: F) -> impl Future<Output = Result<T, Error>>
 where
     F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, BoxError>,
 {
-    let stack = AsyncExitStack::new();
+    let mut stack = AsyncExitStack::new();
+    stack.set_cancellable(true);
     async move {
         match run_scope(stack, body).await? {
             (Some(value), _) => Ok(value),
@@ -607,7 +656,8 @@ pub fn scope_suppressible<F, T>(body: F) -> impl Future<Output = Result<Option<T
 where
     F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, BoxError>,
 {
-    let stack = AsyncExitStack::new();
+    let mut stack = AsyncExitStack::new();
+    stack.set_cancellable(true);
     async move { run_scope(stack, body).await.map(|(value, _)| value) }
 }
 

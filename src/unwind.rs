@@ -103,6 +103,20 @@ struct Member {
     label: Cow<'static, str>,
     trace: Trace,
     outcome: Result<Flow, Fail>,
+    /// The panic of its resource's `Drop`, when it was abandoned.
+    dropped: Option<Box<dyn Any + Send>>,
+}
+
+/// Drops an exit's future (and the resource it owns) right away when the
+/// exit was abandoned by its timeout: that `Drop` is user code, and its
+/// panic is caught and returned, to be reported naming the entry.
+fn drop_abandoned(work: Work, outcome: &Result<Flow, Fail>) -> Option<Box<dyn Any + Send>> {
+    if matches!(outcome, Err(Fail::Timeout(_))) {
+        catch_unwind(AssertUnwindSafe(move || drop(work))).err()
+    } else {
+        drop(work);
+        None
+    }
 }
 
 /// A group member in flight.
@@ -122,12 +136,16 @@ impl Future for MemberRun {
         let outcome = std::task::ready!(flight.poll(cx));
         let index = self.index;
         match self.flight.take() {
-            Some(flight) => Poll::Ready(Member {
-                index,
-                label: flight.label,
-                trace: flight.trace,
-                outcome,
-            }),
+            Some(flight) => {
+                let InFlight { work, label, trace, .. } = flight;
+                Poll::Ready(Member {
+                    index,
+                    label,
+                    trace,
+                    dropped: drop_abandoned(work, &outcome),
+                    outcome,
+                })
+            }
             None => Poll::Pending,
         }
     }
@@ -194,6 +212,26 @@ pub(crate) struct Unwind {
     spans: bool,
     /// Set once the outcome has been handed over; `Drop` then does nothing.
     done: bool,
+    /// Whether the loop yields to the scheduler every `YIELD_EVERY`
+    /// entries: in a background task (not in `aclose`, whose caller owns
+    /// its task, nor when a dropped stack of permits is released inline).
+    pub(crate) cooperative: bool,
+    /// A yield to the scheduler in progress.
+    yielding: Option<Yielding>,
+}
+
+type Yielding = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How many entries one poll of an unwind runs at most, when it runs in a
+/// task: a few hundred microseconds of cleanup at most.
+const YIELD_EVERY: usize = 256;
+
+/// The shorter of two optional timeouts.
+fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 impl Unwind {
@@ -223,6 +261,8 @@ impl Unwind {
             detailed: true,
             spans: true,
             done: false,
+            cooperative: false,
+            yielding: None,
         }
     }
 
@@ -272,7 +312,8 @@ impl Unwind {
         // wants them, the type name is enough for the errors' own messages.
         self.detailed = self.spans || tracing::enabled!(tracing::Level::WARN);
         if let (Some(budget), None) = (self.budget, self.deadline) {
-            self.deadline = Some(Instant::now() + budget);
+            // A budget too large to add to the clock means no deadline.
+            self.deadline = Instant::now().checked_add(budget);
         }
         std::future::poll_fn(|cx| self.poll_run(cx)).instrument(span).await;
     }
@@ -281,7 +322,27 @@ impl Unwind {
     /// not be. Cancellation-safe: everything it has not finished stays in
     /// `self`.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(yielding) = self.yielding.as_mut() {
+            std::task::ready!(yielding.as_mut().poll(cx));
+            self.yielding = None;
+        }
+        let mut ran = 0usize;
         loop {
+            if self.cooperative {
+                // Yield to the scheduler now and then, so that a long unwind
+                // never holds a worker for long. tokio's `yield_now` (one
+                // allocation per few hundred entries) defers the wake-up
+                // behind the tasks that are ready, as tokio's own yields do.
+                ran += 1;
+                if ran > YIELD_EVERY {
+                    let mut yielding: Yielding = Box::pin(tokio::task::yield_now());
+                    if yielding.as_mut().poll(cx).is_pending() {
+                        self.yielding = Some(yielding);
+                        return Poll::Pending;
+                    }
+                    ran = 0;
+                }
+            }
             if let Some(flight) = self.current.as_mut() {
                 let outcome = std::task::ready!(flight.poll(cx));
                 if let Some(flight) = self.current.take() {
@@ -308,16 +369,46 @@ impl Unwind {
 
     #[inline]
     fn finish_flight(&mut self, flight: InFlight, outcome: Result<Flow, Fail>) {
-        // The exit's future (for one that timed out: with the resource it
-        // owned) and its timer are dropped on return.
         let InFlight { work, label, trace, .. } = flight;
-        if let Work::Group(run) = work {
-            // Fold members in newest-first registration order, as if they
-            // had run in sequence: the result does not depend on timing.
-            let mut done = run.done;
-            done.sort_unstable_by_key(|m| std::cmp::Reverse(m.index));
-            for m in done {
-                self.settle(m.label, m.trace, m.outcome);
+        match work {
+            Work::Group(run) => {
+                let GroupRun { running, mut done } = *run;
+                // Members still running when the group timed out are
+                // abandoned: their futures, and the resources they own, are
+                // dropped here, each on its own (a panicking `Drop` is
+                // reported, and does not stop the others).
+                for member in running {
+                    if let Some(flight) = member.flight {
+                        let InFlight { work, label, trace, .. } = flight;
+                        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(work))) {
+                            done.push(Member {
+                                index: member.index,
+                                label,
+                                trace,
+                                outcome: Err(Fail::Panic(payload)),
+                                dropped: None,
+                            });
+                        }
+                    }
+                }
+                // Fold members in newest-first registration order, as if
+                // they had run in sequence: the result does not depend on
+                // timing.
+                done.sort_unstable_by_key(|m| std::cmp::Reverse(m.index));
+                for m in done {
+                    let name = m.dropped.is_some().then(|| m.label.clone());
+                    self.settle(m.label, m.trace, m.outcome);
+                    if let (Some(name), Some(payload)) = (name, m.dropped) {
+                        self.settle(name, None, Err(Fail::Panic(payload)));
+                    }
+                }
+            }
+            Work::One(future) => {
+                if let Some(payload) = drop_abandoned(Work::One(future), &outcome) {
+                    self.settle(label.clone(), trace, outcome);
+                    self.settle(label, None, Err(Fail::Panic(payload)));
+                    return;
+                }
             }
         }
         if trace.is_none() && matches!(outcome, Ok(Flow::Propagate)) {
@@ -367,7 +458,7 @@ impl Unwind {
                     work: Work::Group(Box::new(run)),
                     label,
                     trace,
-                    until: None,
+                    until: self.until(timeout),
                 })
             }
         }
@@ -394,18 +485,21 @@ impl Unwind {
     fn start_group(&self, group: Box<ExitGroup>, pending: &Pending, parent: &Trace) -> GroupRun {
         let parent = parent.as_ref().map(|t| &t.0);
         let mut run = GroupRun::default();
-        let mut queue = vec![group];
+        // Nested groups are flattened into this one; a nested group's
+        // timeout bounds each of its members (all start now). This group's
+        // own timeout is its timer, which names it.
+        let mut queue = vec![(group, None)];
         let mut index = 0;
-        while let Some(mut group) = queue.pop() {
+        while let Some((mut group, bound)) = queue.pop() {
             for member in group.registry.take() {
                 index += 1;
-                let timeout = member.timeout();
+                let timeout = shorter(member.timeout(), bound);
                 let label = member.label(self.detailed || timeout.is_some());
                 let trace = parent.and_then(|p| self.trace(Some(p), &label));
                 let until = self.until(timeout);
                 let outcome = match member.exit {
                     Exit::Group(nested) => {
-                        queue.push(nested.into_box());
+                        queue.push((nested.into_box(), timeout));
                         continue;
                     }
                     Exit::Sync(exit) => {
@@ -441,6 +535,7 @@ impl Unwind {
                     label,
                     trace,
                     outcome,
+                    dropped: None,
                 });
             }
         }
@@ -455,7 +550,8 @@ impl Unwind {
             return None;
         }
         let now = Instant::now();
-        let own = timeout.map(|t| (now + t, t));
+        // A timeout too large to add to the clock means no deadline.
+        let own = timeout.and_then(|t| Some((now.checked_add(t)?, t)));
         let whole = self.deadline.map(|d| (d, d.saturating_duration_since(now)));
         let (at, given) = match (own, whole) {
             (Some(a), Some(b)) => {
@@ -468,10 +564,19 @@ impl Unwind {
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => return None,
         };
-        Some(Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-            given,
-        })
+        // Arming a timer panics on a runtime without the time driver, and
+        // tokio offers no way to ask first: the exit then runs without its
+        // deadline, and an event says so.
+        match catch_unwind(|| tokio::time::sleep_until(at)) {
+            Ok(sleep) => Some(Deadline {
+                sleep: Box::pin(sleep),
+                given,
+            }),
+            Err(_) => {
+                warn!(site = %self.site, ?given, "the deadline of a cleanup could not be kept: the runtime has no time driver (enable_time)");
+                None
+            }
+        }
     }
 
     /// Folds one entry's outcome into the pending error.
@@ -579,7 +684,7 @@ impl Unwind {
                     let label = entry
                         .options
                         .and_then(|o| o.label)
-                        .unwrap_or_else(|| exit.get().label());
+                        .unwrap_or_else(|| crate::entry::label_of(exit.get()));
                     not_run.push(label);
                     let _ = catch_unwind(AssertUnwindSafe(move || exit.into_box().abandon()));
                 }
@@ -622,6 +727,8 @@ impl Unwind {
             detailed: self.detailed,
             spans: self.spans,
             done: false,
+            cooperative: self.cooperative,
+            yielding: None,
         }
     }
 }
@@ -645,7 +752,8 @@ impl Drop for Unwind {
                 }
                 rest.reason = Reason::Cancel;
                 rest.abandon(crate::AbandonCause::Cancelled);
-                warn!(site = %rest.site, remaining = rest.remaining(), "unwind cancelled; the remaining cleanup runs in a background task");
+                // Cancellation is normal: the owner of the timeout reports it.
+                debug!(site = %rest.site, remaining = rest.remaining(), "unwind cancelled; the remaining cleanup runs in a background task");
                 background::hand_off(rest);
             }
             Mode::Background => rest.lose("the runtime shut down before the background cleanup finished"),

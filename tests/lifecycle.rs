@@ -240,7 +240,7 @@ both_flavours! {
         .await;
         assert!(body_cancelled.is_err());
         common::eventually("the body's entry ran", || !log.get().is_empty()).await;
-        assert_eq!(log.take(), ["body-entry abandoned: Dropped"]);
+        assert_eq!(log.take(), ["body-entry abandoned: Cancelled"], "a scope cancelled in its body is told Cancelled");
 
         // Cancelled during the unwind, with an exit in flight.
         let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));

@@ -1,0 +1,319 @@
+//! Edges that production reaches: timeouts on groups, any `Duration`, a
+//! runtime without the time driver, user code that panics where the stack
+//! calls it, long unwinds that must yield, and cancellation as the normal
+//! life of a service (S19, S20, S33, S34).
+
+mod common;
+
+use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Capture, Log};
+use futures_util::FutureExt as _;
+use tokio_exit_stack::{
+    AbandonCause, Abandoned, AsyncExit, AsyncExitStack, BoxError, Flow, PanicError, Pending, TimeoutError, async_trait,
+    scope,
+};
+
+/// A resource whose exit never finishes.
+struct Stuck;
+
+#[async_trait]
+impl AsyncExit for Stuck {
+    async fn exit(self: Box<Self>, _: Pending) -> Result<Flow, BoxError> {
+        std::future::pending().await
+    }
+}
+
+/// A resource whose exit never finishes and whose `Drop` panics.
+struct StuckAndPanicsInDrop;
+
+#[async_trait]
+impl AsyncExit for StuckAndPanicsInDrop {
+    async fn exit(self: Box<Self>, _: Pending) -> Result<Flow, BoxError> {
+        std::future::pending().await
+    }
+}
+
+impl Drop for StuckAndPanicsInDrop {
+    fn drop(&mut self) {
+        panic!("drop panicked");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn s19_a_timeout_on_a_group_abandons_its_members_and_the_unwind_goes_on() {
+    let log = Log::default();
+    let mut stack = AsyncExitStack::new();
+    let l = log.clone();
+    stack.callback(move || l.push("older entry ran"));
+    let group = stack
+        .entry()
+        .label("pool")
+        .timeout(Duration::from_millis(10))
+        .enter_group();
+    group.push_resource(Stuck);
+    let l = log.clone();
+    group.callback(move || l.push("member ran"));
+    let started = tokio::time::Instant::now();
+    let err = stack.aclose().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the group's timeout was kept"
+    );
+    let timeout = err.downcast_ref::<TimeoutError>().expect("the group timed out");
+    assert_eq!(timeout.resource, "pool");
+    assert_eq!(log.take(), ["member ran", "older entry ran"]);
+
+    // A nested group's timeout is kept too (groups are flattened).
+    let mut stack = AsyncExitStack::new();
+    let outer = stack.enter_group();
+    let inner = outer
+        .entry()
+        .label("inner")
+        .timeout(Duration::from_millis(10))
+        .enter_group();
+    inner.push_resource(Stuck);
+    let started = tokio::time::Instant::now();
+    let err = stack.aclose().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the nested group's timeout was kept"
+    );
+    assert!(err.is::<TimeoutError>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn s19_any_duration_is_accepted_and_too_large_means_no_deadline() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut stack = AsyncExitStack::new();
+    stack.set_unwind_timeout(Some(Duration::MAX));
+    let r = ran.clone();
+    stack
+        .entry()
+        .timeout(Duration::MAX)
+        .push_async_callback(move || async move {
+            tokio::task::yield_now().await;
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+    stack.aclose().await.unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+
+    // Dropped with such a deadline: every cleanup still runs.
+    let mut stack = AsyncExitStack::new();
+    stack.set_unwind_timeout(Some(Duration::MAX));
+    stack.set_cancellable(true);
+    for _ in 0..3 {
+        let r = ran.clone();
+        stack
+            .entry()
+            .timeout(Duration::MAX)
+            .push_async_callback(move || async move {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+    }
+    drop(stack);
+    common::eventually("every cleanup ran", || ran.load(Ordering::SeqCst) == 4).await;
+}
+
+#[test]
+fn s19_without_the_time_driver_a_timed_entry_still_runs_and_an_event_says_so() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap(); // no enable_time
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let ran = Arc::new(AtomicUsize::new(0));
+    rt.block_on(async {
+        let mut stack = AsyncExitStack::new();
+        let r = ran.clone();
+        stack
+            .entry()
+            .timeout(Duration::from_secs(1))
+            .push_async_callback(move || async move {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+        stack.aclose().await.unwrap();
+    });
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "the entry ran, without its deadline");
+    assert!(
+        capture.events().iter().any(|e| e.message.contains("no time driver")),
+        "an event says the deadline could not be kept: {:?}",
+        capture.events()
+    );
+}
+
+both_flavours! {
+    #[allow(clippy::async_yields_async)]
+    async fn s33_a_timed_out_exit_whose_resource_panics_in_drop_is_reported_and_the_rest_run() {
+        let log = Log::default();
+        let mut stack = AsyncExitStack::new();
+        let l = log.clone();
+        stack.callback(move || l.push("older entry ran"));
+        stack.entry().label("panicky").timeout(Duration::from_millis(5)).push_resource(StuckAndPanicsInDrop);
+        let resumed = AssertUnwindSafe(stack.aclose()).catch_unwind().await;
+        assert!(resumed.is_err(), "aclose resumes the panic once every entry ran");
+        assert_eq!(log.take(), ["older entry ran"]);
+
+        // The same for a timed-out group member.
+        let mut stack = AsyncExitStack::new();
+        let l = log.clone();
+        stack.callback(move || l.push("older entry ran"));
+        let group = stack.entry().timeout(Duration::from_millis(5)).enter_group();
+        group.push_resource(StuckAndPanicsInDrop);
+        let resumed = AssertUnwindSafe(stack.aclose()).catch_unwind().await;
+        assert!(resumed.is_err());
+        assert_eq!(log.take(), ["older entry ran"]);
+
+        // In a dropped stack: reported, and nothing escapes the drop.
+        let stack = AsyncExitStack::new();
+        let l = log.clone();
+        stack.callback(move || l.push("older entry ran"));
+        stack.entry().timeout(Duration::from_millis(5)).push_resource(StuckAndPanicsInDrop);
+        let mut stack = stack;
+        stack.set_cancellable(true);
+        drop(stack);
+        common::eventually("the older entry ran", || !log.get().is_empty()).await;
+    }
+}
+
+/// A resource whose trait methods panic, as user code may.
+struct Faulty {
+    label: bool,
+    needs_runtime: bool,
+    ran: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl AsyncExit for Faulty {
+    async fn exit(self: Box<Self>, _: Pending) -> Result<Flow, BoxError> {
+        self.ran.store(true, Ordering::SeqCst);
+        Ok(Flow::Propagate)
+    }
+    fn label(&self) -> Cow<'static, str> {
+        if self.label {
+            panic!("label panicked");
+        }
+        Cow::Borrowed("faulty")
+    }
+    fn needs_runtime(&self) -> bool {
+        if self.needs_runtime {
+            panic!("needs_runtime panicked");
+        }
+        true
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn s33_a_panicking_label_or_needs_runtime_loses_no_entry_and_never_escapes_drop() {
+    let capture = Capture::default();
+    let _guard = capture.install(); // WARN enabled: labels are computed
+    for (label, needs_runtime) in [(true, false), (false, true), (true, true)] {
+        // aclose
+        let ran = Arc::new(AtomicBool::new(false));
+        let mut stack = AsyncExitStack::new();
+        stack.push_resource(Faulty {
+            label,
+            needs_runtime,
+            ran: ran.clone(),
+        });
+        stack.callback(|| Err::<(), _>(std::io::Error::other("so that labels are reported")));
+        assert!(stack.aclose().await.is_err());
+        assert!(ran.load(Ordering::SeqCst), "the exit ran");
+
+        // a dropped stack
+        let ran = Arc::new(AtomicBool::new(false));
+        let mut stack = AsyncExitStack::new();
+        stack.set_cancellable(true);
+        stack.push_resource(Faulty {
+            label,
+            needs_runtime,
+            ran: ran.clone(),
+        });
+        drop(stack); // must not panic
+        common::eventually("the dropped stack's exit ran", || ran.load(Ordering::SeqCst)).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn s34_a_long_background_unwind_yields_to_the_scheduler() {
+    const ENTRIES: usize = 200_000;
+    let done = Arc::new(AtomicBool::new(false));
+    let mut stack = AsyncExitStack::new();
+    stack.set_cancellable(true);
+    let d = done.clone();
+    stack.push_async_callback(move || async move { d.store(true, Ordering::SeqCst) }); // runs last
+    for _ in 0..ENTRIES {
+        stack.push_async_callback(|| async {});
+    }
+    let turns = Arc::new(AtomicUsize::new(0));
+    let (t, d) = (turns.clone(), done.clone());
+    let other = tokio::spawn(async move {
+        while !d.load(Ordering::SeqCst) {
+            t.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::task::yield_now().await; // let the other task start
+    drop(stack);
+    other.await.unwrap();
+    // One poll runs a few hundred entries: the other task ran in between.
+    let turns = turns.load(Ordering::SeqCst);
+    assert!(
+        turns > ENTRIES / 1000,
+        "the other task ran only {turns} times during the unwind"
+    );
+}
+
+both_flavours! {
+    async fn s20_a_cancelled_scope_is_told_cancelled_and_is_not_a_warn() {
+        let capture = Capture::default();
+        let _guard = capture.install();
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for round in 0..2 {
+            let t = told.clone();
+            let body = scope(async move |stack| {
+                stack.push_exit(move |pending: &Pending| {
+                    t.lock().unwrap().push(pending.downcast_ref::<Abandoned>().map(|a| a.cause));
+                    Ok::<_, BoxError>(Flow::Propagate)
+                });
+                std::future::pending::<Result<(), BoxError>>().await
+            });
+            if round == 0 {
+                // a timed-out request
+                assert!(tokio::time::timeout(Duration::from_millis(5), body).await.is_err());
+            } else {
+                // a lost select! branch
+                tokio::select! {
+                    _ = body => unreachable!(),
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+        }
+        common::eventually("both exits ran", || told.lock().unwrap().len() == 2).await;
+        assert_eq!(*told.lock().unwrap(), [Some(AbandonCause::Cancelled); 2]);
+        let warns: Vec<_> = capture.events().into_iter().filter(|e| e.level <= tracing::Level::WARN).collect();
+        assert!(warns.is_empty(), "a cancelled scope is not a WARN: {warns:?}");
+    }
+}
+
+both_flavours! {
+    async fn s20_a_dropped_stack_outside_a_scope_stays_a_warn_unless_it_is_cancellable() {
+        let capture = Capture::default();
+        let _guard = capture.install();
+        let stack = AsyncExitStack::new();
+        stack.callback(|| ());
+        drop(stack);
+        let mut stack = AsyncExitStack::new();
+        stack.set_cancellable(true);
+        stack.callback(|| ());
+        drop(stack);
+        let warns: Vec<_> = capture.events().into_iter().filter(|e| e.level == tracing::Level::WARN).collect();
+        assert_eq!(warns.len(), 1, "{warns:?}");
+        assert!(warns[0].message.contains("dropped without aclose"));
+    }
+}
+
+#[allow(dead_code)]
+fn _uses(_: PanicError) {}
