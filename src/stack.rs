@@ -200,8 +200,8 @@ impl AsyncExitStack {
     }
 
     /// Enters `cm` (runs its [`AsyncEnter::enter`] once), registers the
-    /// resulting resource's exit, and lends the resource to the caller
-    ///. If the enter fails, nothing is registered and its error comes
+    /// resulting resource's exit, and lends the resource to the caller.
+    /// If the enter fails, nothing is registered and its error comes
     /// back unchanged.
     ///
     /// Costs the enter itself plus one allocation for the resource.
@@ -466,8 +466,8 @@ impl<'s> EntryBuilder<'s> {
         self
     }
 
-    /// Abandons the entry's exit if it has not finished after `timeout`
-    ///: its future, and the resource it owns, are dropped, a
+    /// Abandons the entry's exit if it has not finished after `timeout`:
+    /// its future, and the resource it owns, are dropped, a
     /// [`TimeoutError`](crate::TimeoutError) naming the entry becomes the
     /// pending error, and the next entry runs. Needs the runtime's time
     /// driver.

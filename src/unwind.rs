@@ -107,16 +107,11 @@ struct Member {
     dropped: Option<Box<dyn Any + Send>>,
 }
 
-/// Drops an exit's future (and the resource it owns) right away when the
-/// exit was abandoned by its timeout: that `Drop` is user code, and its
-/// panic is caught and returned, to be reported naming the entry.
-fn drop_abandoned(work: Work, outcome: &Result<Flow, Fail>) -> Option<Box<dyn Any + Send>> {
-    if matches!(outcome, Err(Fail::Timeout(_))) {
-        catch_unwind(AssertUnwindSafe(move || drop(work))).err()
-    } else {
-        drop(work);
-        None
-    }
+/// Drops an exit's future, and with it the resource it owns when the exit
+/// was abandoned (its timeout, or its group's): that `Drop` is user code,
+/// and its panic is caught and returned, to be reported naming the entry.
+fn drop_caught(work: Work) -> Option<Box<dyn Any + Send>> {
+    catch_unwind(AssertUnwindSafe(move || drop(work))).err()
 }
 
 /// A group member in flight.
@@ -142,7 +137,11 @@ impl Future for MemberRun {
                     index,
                     label,
                     trace,
-                    dropped: drop_abandoned(work, &outcome),
+                    dropped: if matches!(outcome, Err(Fail::Timeout(_))) {
+                        drop_caught(work)
+                    } else {
+                        None
+                    },
                     outcome,
                 })
             }
@@ -380,7 +379,7 @@ impl Unwind {
                 for member in running {
                     if let Some(flight) = member.flight {
                         let InFlight { work, label, trace, .. } = flight;
-                        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(work))) {
+                        if let Some(payload) = drop_caught(work) {
                             done.push(Member {
                                 index: member.index,
                                 label,
@@ -403,8 +402,11 @@ impl Unwind {
                     }
                 }
             }
-            Work::One(future) => {
-                if let Some(payload) = drop_abandoned(Work::One(future), &outcome) {
+            // Only an abandoned exit still owns its resource: a finished
+            // one's future drops nothing of the user's.
+            Work::One(_) if !matches!(outcome, Err(Fail::Timeout(_))) => {}
+            one => {
+                if let Some(payload) = drop_caught(one) {
                     self.settle(label.clone(), trace, outcome);
                     self.settle(label, None, Err(Fail::Panic(payload)));
                     return;
@@ -549,6 +551,14 @@ impl Unwind {
         if timeout.is_none() && self.deadline.is_none() {
             return None;
         }
+        self.arm(timeout)
+    }
+
+    /// [`until`](Self::until) for an entry that has a deadline: kept out of
+    /// line, so that the common case stays a single test.
+    #[cold]
+    #[inline(never)]
+    fn arm(&self, timeout: Option<Duration>) -> Option<Deadline> {
         let now = Instant::now();
         // A timeout too large to add to the clock means no deadline.
         let own = timeout.and_then(|t| Some((now.checked_add(t)?, t)));

@@ -14,8 +14,7 @@ use std::time::Duration;
 use common::{Capture, Log};
 use futures_util::FutureExt as _;
 use tokio_exit_stack::{
-    AbandonCause, Abandoned, AsyncExit, AsyncExitStack, BoxError, Flow, PanicError, Pending, TimeoutError, async_trait,
-    scope,
+    AbandonCause, Abandoned, AsyncExit, AsyncExitStack, BoxError, Flow, Pending, TimeoutError, async_trait, scope,
 };
 
 /// A resource whose exit never finishes.
@@ -147,14 +146,26 @@ fn s19_without_the_time_driver_a_timed_entry_still_runs_and_an_event_says_so() {
 both_flavours! {
     #[allow(clippy::async_yields_async)]
     async fn s33_a_timed_out_exit_whose_resource_panics_in_drop_is_reported_and_the_rest_run() {
+        let capture = Capture::default();
+        let _guard = capture.install();
+        let panics_named = |name: &str| {
+            capture
+                .events()
+                .iter()
+                .filter(|e| e.level == tracing::Level::ERROR && e.message.contains("panicked"))
+                .filter(|e| e.field("resource").is_some_and(|r| r.contains(name)))
+                .count()
+        };
         let log = Log::default();
         let mut stack = AsyncExitStack::new();
         let l = log.clone();
         stack.callback(move || l.push("older entry ran"));
         stack.entry().label("panicky").timeout(Duration::from_millis(5)).push_resource(StuckAndPanicsInDrop);
         let resumed = AssertUnwindSafe(stack.aclose()).catch_unwind().await;
-        assert!(resumed.is_err(), "aclose resumes the panic once every entry ran");
+        let payload = resumed.expect_err("aclose resumes the panic once every entry ran");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"drop panicked"));
         assert_eq!(log.take(), ["older entry ran"]);
+        assert_eq!(panics_named("panicky"), 1, "the panic is reported naming the entry");
 
         // The same for a timed-out group member.
         let mut stack = AsyncExitStack::new();
@@ -165,6 +176,7 @@ both_flavours! {
         let resumed = AssertUnwindSafe(stack.aclose()).catch_unwind().await;
         assert!(resumed.is_err());
         assert_eq!(log.take(), ["older entry ran"]);
+        assert_eq!(panics_named("StuckAndPanicsInDrop"), 1, "the member's panic is reported naming it");
 
         // In a dropped stack: reported, and nothing escapes the drop.
         let stack = AsyncExitStack::new();
@@ -314,6 +326,3 @@ both_flavours! {
         assert!(warns[0].message.contains("dropped without aclose"));
     }
 }
-
-#[allow(dead_code)]
-fn _uses(_: PanicError) {}

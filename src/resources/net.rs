@@ -1,6 +1,5 @@
 //! `TcpStream` and `UnixStream`: shut down the write side, then drain
-//! unread input (bounded), so the peer sees a clean EOF, never a reset
-//!.
+//! unread input (bounded), so the peer sees a clean EOF, never a reset.
 
 use std::borrow::Cow;
 use std::net::Shutdown;
