@@ -9,29 +9,44 @@
 //!   [`Unwind`](crate::unwind::Unwind), spawned as **one** task on that
 //!   runtime, whatever the number of entries. A drop on a thread
 //!   outside the runtime still reaches it through the captured handle.
-//!   Nothing here blocks, builds a runtime, or calls `Handle::current()`
-//!   (which panics outside a runtime): `Drop` must never block or panic.
-//! * Every such task is tracked by one process-wide tokio-util
-//!   `TaskTracker`, so [`drain`] can wait for all of them with a deadline.
+//!   If that runtime is gone, the runtime current at the drop (if any) gets
+//!   one chance to run it. Nothing here blocks, builds a runtime, or calls
+//!   `Handle::current()` (which panics outside a runtime): `Drop` must
+//!   never block or panic.
+//! * The task runs under the `tracing` dispatcher that was current at the
+//!   drop, in a span that is a child of the span current where the stack
+//!   was created, so a scoped subscriber sees it and an operator can tie it
+//!   to its request.
+//! * Each task is tracked either by the caller's own tokio-util
+//!   `TaskTracker` (see `AsyncExitStack::set_tracker`), or by the
+//!   process-wide default: a count of running tasks in a `watch` channel,
+//!   and monotonic counters of how they ended. [`drain`] waits for the
+//!   count to reach zero and reports the counters' growth during the call,
+//!   so any number of concurrent calls each end as soon as the work is
+//!   done, and none takes another's counts.
 //! * A task that a shutting-down runtime drops before it finished does not
 //!   vanish: the `Unwind` inside it notices in its own `Drop` and falls back
 //!   to synchronous best effort, naming every cleanup that could not run in
-//!   an ERROR event. The same happens when there is no runtime at all.
+//!   an ERROR event with the true reason. The same happens when there is no
+//!   runtime at all.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio_util::task::TaskTracker;
+use tokio::sync::watch;
+use tracing::instrument::WithSubscriber as _;
 
-use crate::unwind::{Mode, Unwind};
+use crate::unwind::{Lost, Mode, Unwind};
 
-static TRACKER: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
+/// How many default-tracked background cleanups are running.
+static RUNNING: LazyLock<watch::Sender<usize>> = LazyLock::new(|| watch::channel(0).0);
 
-// Plain event counters: each is touched once per background unwind, and
-// read only by `drain`, so `Relaxed` is enough (no other memory is
-// published through them).
+// Monotonic event counters, never reset: `drain` reports their growth
+// during the call. Each is touched once per background unwind, and read
+// only by `drain`, so `Relaxed` is enough (no other memory is published
+// through them).
 static FINISHED: AtomicU64 = AtomicU64::new(0);
 static FAILED: AtomicU64 = AtomicU64::new(0);
 static LOST: AtomicU64 = AtomicU64::new(0);
@@ -49,13 +64,55 @@ pub(crate) fn hand_off(mut unwind: Unwind) {
         Some(handle) => Some(handle),
         None => Handle::try_current().ok(),
     };
-    match handle {
-        Some(handle) => {
-            // If the runtime is already shut down, the task is dropped
-            // inside `spawn_on`, and `Unwind`'s `Drop` reports the loss.
-            TRACKER.spawn_on(run(unwind), &handle);
+    let Some(handle) = handle else {
+        unwind.lose(Lost::NoRuntime);
+        return;
+    };
+    // The events of the cleanup go where the events of the code that
+    // dropped the stack went.
+    let dispatch = unwind
+        .dispatch
+        .get_or_insert_with(|| tracing::dispatcher::get_default(Clone::clone))
+        .clone();
+    // If the runtime is already shut down, the task is dropped inside
+    // `spawn`, and `Unwind`'s `Drop` tries the current runtime, then
+    // reports the loss.
+    match unwind.tracker.clone() {
+        Some(tracker) => {
+            tracker.spawn_on(run(unwind).with_subscriber(dispatch), &handle);
         }
-        None => unwind.lose("no tokio runtime to run the cleanup on"),
+        None => {
+            let tracked = Tracked::new(unwind);
+            handle.spawn(tracked.run().with_subscriber(dispatch));
+        }
+    }
+}
+
+/// A background unwind counted as running in the default tracker from
+/// its spawn until it has ended, or was dropped (and reported lost).
+struct Tracked {
+    unwind: Option<Unwind>,
+}
+
+impl Tracked {
+    fn new(unwind: Unwind) -> Self {
+        RUNNING.send_modify(|n| *n += 1);
+        Self { unwind: Some(unwind) }
+    }
+
+    async fn run(mut self) {
+        if let Some(unwind) = self.unwind.take() {
+            run(unwind).await;
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // The unwind's own `Drop` records a loss first, so a `drain` that
+        // sees the count fall sees the loss too.
+        drop(self.unwind.take());
+        RUNNING.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -80,20 +137,24 @@ async fn run(mut unwind: Unwind) {
     unwind.report();
 }
 
+/// Counts a finished background unwind (default tracker only).
 pub(crate) fn record_finished(failed: bool) {
     let counter = if failed { &FAILED } else { &FINISHED };
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Counts a lost background unwind (default tracker only).
 pub(crate) fn record_lost() {
     LOST.fetch_add(1, Ordering::Relaxed);
 }
 
-/// How the background cleanups fared, as [`drain`] reports it.
+/// How the background cleanups fared during one [`drain`] call.
 ///
-/// Each count covers the background cleanups (one per stack dropped without
-/// `aclose`, or per cancelled unwind) since the previous `drain` call, in
-/// the whole process.
+/// Counts the background cleanups (one per stack dropped without `aclose`,
+/// or per cancelled unwind) of the whole process that ended while the call
+/// waited; concurrent calls may each count the same one. Stacks given
+/// their own tracker ([`AsyncExitStack::set_tracker`](crate::AsyncExitStack::set_tracker))
+/// are not counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
     /// Finished, every entry released cleanly.
@@ -101,22 +162,25 @@ pub struct DrainReport {
     /// Finished, but some entry failed, panicked or timed out (each was
     /// reported as a tracing event when it happened).
     pub failed: u64,
-    /// Could not run at all (no runtime, or the runtime shut down first)
-    /// and were dropped with synchronous best effort.
+    /// Could not run to their end (no runtime, the runtime shut down, the
+    /// task panicked) and were dropped with synchronous best effort, each
+    /// reported as an ERROR event.
     pub lost: u64,
     /// Still running when the deadline passed.
     pub cut_off: usize,
 }
 
 impl DrainReport {
-    /// `true` when every background cleanup ran to its end in time.
+    /// `true` when no background cleanup was lost or cut off during the
+    /// call.
     pub fn is_complete(&self) -> bool {
         self.lost == 0 && self.cut_off == 0
     }
 }
 
-/// Waits, at most `timeout`, for every background cleanup to finish, and
-/// says how they fared. Call it at the end of `main`:
+/// Waits, at most `timeout`, until no background cleanup is running, and
+/// says how the ones that ended meanwhile fared. Call it at the end of
+/// `main`:
 ///
 /// ```
 /// #[tokio::main]
@@ -131,23 +195,35 @@ impl DrainReport {
 /// background cleanup dropped that way is reported as an ERROR event, never
 /// lost silently, but it does not finish. `drain` is how it finishes.
 ///
-/// Costs one timer for the deadline. Stacks dropped while `drain` waits are
-/// waited for too. Needs a runtime with the time driver enabled.
+/// Returns as soon as no cleanup is running; cleanups spawned while it
+/// waits are waited for too. Any number of calls may wait at once (from
+/// several runtimes, or parallel tests): each returns as soon as the work
+/// is done, and each reports what ended during its own wait. Background
+/// cleanups tracked by a caller's own `TaskTracker` are not waited for
+/// here: that tracker waits for them.
+///
+/// Costs one timer for the deadline. Needs a runtime with the time driver
+/// enabled.
 pub async fn drain(timeout: Duration) -> DrainReport {
-    TRACKER.close();
-    let in_time = tokio::time::timeout(timeout, TRACKER.wait()).await.is_ok();
-    TRACKER.reopen();
+    let counts = || [&FINISHED, &FAILED, &LOST].map(|c| c.load(Ordering::Relaxed));
+    let start = counts();
+    let mut running = RUNNING.subscribe();
+    let in_time = tokio::time::timeout(timeout, running.wait_for(|n| *n == 0))
+        .await
+        .is_ok();
+    let end = counts();
     DrainReport {
-        finished: FINISHED.swap(0, Ordering::Relaxed),
-        failed: FAILED.swap(0, Ordering::Relaxed),
-        lost: LOST.swap(0, Ordering::Relaxed),
-        cut_off: if in_time { 0 } else { TRACKER.len() },
+        finished: end[0].wrapping_sub(start[0]),
+        failed: end[1].wrapping_sub(start[1]),
+        lost: end[2].wrapping_sub(start[2]),
+        cut_off: if in_time { 0 } else { background_tasks() },
     }
 }
 
-/// How many background cleanups are running right now, in the process.
+/// How many background cleanups of the default tracker are running right
+/// now, in the process.
 pub fn background_tasks() -> usize {
-    TRACKER.len()
+    *RUNNING.borrow()
 }
 
 /// Strict mode: 0 = not decided yet, 1 = off, 2 = on.

@@ -36,6 +36,8 @@ use std::panic::Location;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
+use tokio_util::task::TaskTracker;
+use tracing::Span;
 
 use crate::background;
 use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitCell, ExitFn, Options, Registry};
@@ -100,6 +102,11 @@ pub struct AsyncExitStack {
     /// stack, or one its owner declared so) rather than a forgotten
     /// `aclose`.
     cancellable: bool,
+    /// The caller's tracker for background cleanups, if any.
+    tracker: Option<TaskTracker>,
+    /// The span current at creation: background cleanup runs in a child
+    /// of it.
+    span: Span,
 }
 
 impl AsyncExitStack {
@@ -120,6 +127,8 @@ impl AsyncExitStack {
             site,
             unwind_timeout: None,
             cancellable: false,
+            tracker: None,
+            span: Span::current(),
         }
     }
 
@@ -150,6 +159,35 @@ impl AsyncExitStack {
     /// ```
     pub fn set_cancellable(&mut self, cancellable: bool) {
         self.cancellable = cancellable;
+    }
+
+    /// Has this stack's background cleanups (a drop holding entries, a
+    /// cancelled `aclose`) tracked by `tracker`, the caller's own, instead
+    /// of the process-wide default that [`drain`](crate::drain) waits for.
+    ///
+    /// Use it in a service that already shuts down through a tokio-util
+    /// `TaskTracker`: `tracker.close(); tracker.wait().await` then covers
+    /// the stacks' cleanups too, and `drain` neither waits for nor counts
+    /// them. Stacks made by [`pop_all`](Self::pop_all) keep the tracker.
+    /// Costs one reference count.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tokio_util::task::TaskTracker;
+    ///
+    /// let tracker = TaskTracker::new();
+    /// let mut stack = tokio_exit_stack::AsyncExitStack::new();
+    /// stack.set_tracker(tracker.clone());
+    /// stack.push_async_callback(|| tokio::time::sleep(std::time::Duration::from_millis(5)));
+    /// drop(stack); // cleanup runs in a task of `tracker`
+    /// assert_eq!(tracker.len(), 1);
+    /// tracker.close();
+    /// tracker.wait().await;
+    /// # }
+    /// ```
+    pub fn set_tracker(&mut self, tracker: TaskTracker) {
+        self.tracker = Some(tracker);
     }
 
     /// Where this stack was created.
@@ -321,6 +359,8 @@ impl AsyncExitStack {
             site: Location::caller(),
             unwind_timeout: self.unwind_timeout,
             cancellable: false,
+            tracker: self.tracker.clone(),
+            span: self.span.clone(),
         }
     }
 
@@ -355,6 +395,7 @@ impl AsyncExitStack {
             self.handle.clone(),
             self.unwind_timeout,
         );
+        unwind.tracker = self.tracker.clone();
         unwind.run().await;
         unwind.finish()
     }
@@ -420,6 +461,8 @@ impl Drop for AsyncExitStack {
             self.unwind_timeout,
         );
         unwind.abandon(cause);
+        unwind.tracker = self.tracker.take();
+        unwind.parent = Some(std::mem::replace(&mut self.span, Span::none()));
         background::hand_off(unwind);
         if cause == AbandonCause::Dropped && background::is_strict() {
             panic!(
@@ -560,6 +603,10 @@ impl<'s> EntryBuilder<'s> {
 /// [`scope_suppressible`] when an exit may legitimately suppress the
 /// body's error: it returns `Ok(None)` instead.
 ///
+/// The scope's stack is created when the returned future is first polled:
+/// it binds to the runtime, and to the `tracing` span, that the scope runs
+/// in, so a scope built outside a runtime and awaited inside one works.
+///
 /// # Cancel safety
 ///
 /// Dropping the returned future is how tokio cancels it, and is safe at
@@ -617,10 +664,9 @@ pub fn scope<F, T>(body: F) -> impl Future<Output = Result<T, Error>>
 where
     F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, BoxError>,
 {
-    let mut stack = AsyncExitStack::new();
-    stack.set_cancellable(true);
+    let site = Location::caller();
     async move {
-        match run_scope(stack, body).await? {
+        match run_scope(site, body).await? {
             (Some(value), _) => Ok(value),
             (None, by) => Err(Suppressed::error(by)),
         }
@@ -656,17 +702,24 @@ pub fn scope_suppressible<F, T>(body: F) -> impl Future<Output = Result<Option<T
 where
     F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, BoxError>,
 {
-    let mut stack = AsyncExitStack::new();
-    stack.set_cancellable(true);
-    async move { run_scope(stack, body).await.map(|(value, _)| value) }
+    let site = Location::caller();
+    async move { run_scope(site, body).await.map(|(value, _)| value) }
 }
 
 /// Runs a scope: its value (none if the body failed) and, when an exit
 /// suppressed an error, the first that did.
-async fn run_scope<F, T>(mut stack: AsyncExitStack, body: F) -> Result<(Option<T>, Option<Cow<'static, str>>), Error>
+///
+/// The stack is made here, at the scope's first poll, so that it binds to
+/// the runtime (and the span) the scope runs in, not where it was built.
+async fn run_scope<F, T>(
+    site: &'static Location<'static>,
+    body: F,
+) -> Result<(Option<T>, Option<Cow<'static, str>>), Error>
 where
     F: AsyncFnOnce(&mut AsyncExitStack) -> Result<T, BoxError>,
 {
+    let mut stack = AsyncExitStack::with_site(site);
+    stack.set_cancellable(true);
     let mut chain = Chain::default();
     let value = match body(&mut stack).await {
         Ok(value) => Some(value),

@@ -22,7 +22,8 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
-use tracing::{Instrument as _, Span, debug, debug_span, error, field, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{Dispatch, Instrument as _, Span, debug, debug_span, error, field, warn};
 
 use crate::background;
 use crate::entry::{Entry, Exit, ExitFuture};
@@ -217,6 +218,36 @@ pub(crate) struct Unwind {
     pub(crate) cooperative: bool,
     /// A yield to the scheduler in progress.
     yielding: Option<Yielding>,
+    /// The caller's tracker for the background task; `None` for the
+    /// process-wide default that `drain` waits for.
+    pub(crate) tracker: Option<TaskTracker>,
+    /// The span current where the stack was created: a background unwind's
+    /// span is its child, so an operator can tie it to its request.
+    pub(crate) parent: Option<Span>,
+    /// The dispatcher current where the stack was dropped: a loss is
+    /// reported there too.
+    pub(crate) dispatch: Option<Dispatch>,
+    /// Whether the unwind already had its second chance on the runtime
+    /// current at its loss.
+    rehomed: bool,
+}
+
+/// Why a background unwind could not run to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lost {
+    NoRuntime,
+    ShutDown,
+    Panicked,
+}
+
+impl Lost {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRuntime => "no tokio runtime to run the cleanup on",
+            Self::ShutDown => "the runtime shut down before the background cleanup finished",
+            Self::Panicked => "the background cleanup task panicked",
+        }
+    }
 }
 
 type Yielding = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -262,6 +293,10 @@ impl Unwind {
             done: false,
             cooperative: false,
             yielding: None,
+            tracker: None,
+            parent: None,
+            dispatch: None,
+            rehomed: false,
         }
     }
 
@@ -291,14 +326,12 @@ impl Unwind {
     }
 
     fn span(&mut self) -> Span {
+        let (site, entries, reason) = (self.site, self.entries.len(), self.reason.as_str());
+        let parent = self.parent.take();
         self.span
-            .get_or_insert_with(|| {
-                debug_span!(
-                    "unwind",
-                    site = %self.site,
-                    entries = self.entries.len(),
-                    reason = self.reason.as_str(),
-                )
+            .get_or_insert_with(|| match parent {
+                Some(parent) => debug_span!(parent: &parent, "unwind", site = %site, entries, reason),
+                None => debug_span!("unwind", site = %site, entries, reason),
             })
             .clone()
     }
@@ -672,13 +705,22 @@ impl Unwind {
         } else {
             debug!(site = %self.site, reason = self.reason.as_str(), "background cleanup finished");
         }
-        background::record_finished(self.failed);
+        if self.tracker.is_none() {
+            background::record_finished(self.failed);
+        }
     }
 
     /// Synchronous best effort when no runtime can finish the unwind:
     /// sync entries still run; async ones get `abandon()` and are named in
     /// one ERROR event.
-    pub(crate) fn lose(&mut self, why: &'static str) {
+    pub(crate) fn lose(&mut self, why: Lost) {
+        match self.dispatch.take() {
+            Some(dispatch) => tracing::dispatcher::with_default(&dispatch, || self.lose_here(why)),
+            None => self.lose_here(why),
+        }
+    }
+
+    fn lose_here(&mut self, why: Lost) {
         self.done = true;
         let mut not_run: Vec<Cow<'static, str>> = Vec::new();
         if let Some(flight) = self.current.take() {
@@ -703,17 +745,22 @@ impl Unwind {
                 Exit::Group(group) => self.entries.extend(group.into_box().registry.take()),
             }
         }
+        let counted = self.tracker.is_none();
         if not_run.is_empty() {
-            background::record_finished(self.failed);
+            if counted {
+                background::record_finished(self.failed);
+            }
         } else {
             error!(
                 site = %self.site,
-                reason = why,
+                reason = why.as_str(),
                 not_run = ?not_run,
                 "{} cleanup(s) could not run and were dropped with synchronous best effort",
                 not_run.len(),
             );
-            background::record_lost();
+            if counted {
+                background::record_lost();
+            }
         }
     }
 
@@ -739,6 +786,10 @@ impl Unwind {
             done: false,
             cooperative: self.cooperative,
             yielding: None,
+            tracker: self.tracker.take(),
+            parent: self.parent.take(),
+            dispatch: self.dispatch.take(),
+            rehomed: self.rehomed,
         }
     }
 }
@@ -766,7 +817,20 @@ impl Drop for Unwind {
                 debug!(site = %rest.site, remaining = rest.remaining(), "unwind cancelled; the remaining cleanup runs in a background task");
                 background::hand_off(rest);
             }
-            Mode::Background => rest.lose("the runtime shut down before the background cleanup finished"),
+            Mode::Background if std::thread::panicking() => rest.lose(Lost::Panicked),
+            Mode::Background => match Handle::try_current() {
+                // The runtime that was to run it is gone, but this thread
+                // is in another (a stack created on a runtime since shut
+                // down, dropped in a live one): one more chance there. If
+                // that one is shutting down too, the task is dropped again
+                // at once, and the loss reported then.
+                Ok(handle) if !rest.rehomed => {
+                    rest.rehomed = true;
+                    rest.handle = Some(handle);
+                    background::hand_off(rest);
+                }
+                _ => rest.lose(Lost::ShutDown),
+            },
         }
     }
 }

@@ -326,3 +326,27 @@ both_flavours! {
         assert!(warns[0].message.contains("dropped without aclose"));
     }
 }
+
+/// A scope's stack binds to the runtime the scope first runs in, not to
+/// where its future was built: built outside any runtime, polled once in
+/// one, then dropped outside it, its cleanup still runs on that runtime.
+#[test]
+fn s20_a_scope_binds_to_the_runtime_it_first_runs_in() {
+    let released = Arc::new(AtomicBool::new(false));
+    let flag = released.clone();
+    let mut request = Box::pin(scope(async move |stack| {
+        stack.push_async_callback(move || async move { flag.store(true, Ordering::SeqCst) });
+        std::future::pending::<()>().await;
+        Ok(())
+    }));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert!(futures_util::poll!(request.as_mut()).is_pending());
+    });
+    drop(request); // outside the runtime
+    let report = rt.block_on(tokio_exit_stack::drain(Duration::from_secs(5)));
+    assert!(released.load(Ordering::SeqCst), "{report:?}");
+}

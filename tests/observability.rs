@@ -90,3 +90,81 @@ async fn s26_timeouts_are_warn_events_and_dropped_stacks_unwind_with_reason_drop
             .any(|s| s.name == "unwind" && s.field("reason") == Some("drop"))
     );
 }
+
+/// A subscriber of one test: every event with the names of the spans it
+/// happened in, innermost first, and the thread it happened on.
+#[derive(Clone, Default)]
+struct Scoped(std::sync::Arc<std::sync::Mutex<Vec<Seen>>>);
+
+/// An event's message, its spans (innermost first), its thread's name.
+type Seen = (String, Vec<String>, Option<String>);
+
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for Scoped
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let spans = ctx
+            .event_scope(event)
+            .map(|scope| scope.map(|s| s.name().to_owned()).collect())
+            .unwrap_or_default();
+        let thread = std::thread::current().name().map(str::to_owned);
+        self.0.lock().unwrap().push((message.0, spans, thread));
+    }
+}
+
+/// The background cleanup of a cancelled request runs under the
+/// dispatcher current where its stack was dropped (here a scoped one, set
+/// only on the test's thread) and inside the request's span, though it
+/// runs on a worker thread of a 2-worker runtime.
+#[test]
+fn s20_background_cleanup_reaches_a_scoped_subscriber_inside_its_requests_span() {
+    use tracing::Instrument as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let events = Scoped::default();
+    let subscriber = tracing_subscriber::registry().with(events.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bg-worker")
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let request = async {
+                let stack = AsyncExitStack::new();
+                stack.push_async_callback(|| async {
+                    tokio::task::yield_now().await;
+                    tracing::info!("released the request's connection");
+                });
+                drop(stack); // forgotten aclose: cleanup goes to the background
+            };
+            request.instrument(tracing::info_span!("request", id = 7)).await;
+            tokio_exit_stack::drain(Duration::from_secs(30)).await;
+        })
+    });
+    let events = events.0.lock().unwrap().clone();
+    let released = events
+        .iter()
+        .find(|(message, ..)| message == "released the request's connection")
+        .unwrap_or_else(|| panic!("the scoped subscriber saw the cleanup's event: {events:?}"));
+    assert!(released.1.contains(&"unwind".to_owned()), "{released:?}");
+    assert!(
+        released.1.contains(&"request".to_owned()),
+        "in the request's span: {released:?}"
+    );
+    assert_eq!(released.2.as_deref(), Some("bg-worker"), "ran on a worker thread");
+}

@@ -42,15 +42,23 @@ fn s23_drain_lets_ten_thousand_background_cleanups_finish_before_main_returns() 
     for multi in [false, true] {
         reset();
         let report = runtime(multi).block_on(async {
+            // The cleanups wait for a gate that opens once `drain` waits:
+            // a report counts what ended during its call.
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
             for _ in 0..10_000 {
                 let stack = AsyncExitStack::new();
-                stack.push_async_callback(|| async {
+                let gate = gate.clone();
+                stack.push_async_callback(|| async move {
+                    let _pass = gate.acquire().await;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     FINISHED.fetch_add(1, Ordering::SeqCst);
                 });
                 drop(stack);
             }
-            drain(Duration::from_secs(60)).await
+            let (report, ()) = tokio::join!(drain(Duration::from_secs(60)), async {
+                gate.add_permits(10_000);
+            });
+            report
         });
         assert_eq!(
             report,
@@ -98,9 +106,182 @@ fn s23_without_drain_cleanups_lost_to_shutdown_are_reported() {
         .collect();
     assert_eq!(lost.len(), 10_000, "one ERROR event per lost cleanup");
     assert!(lost[0].field("not_run").unwrap().contains("slow cleanup"));
+    // A later drain counts only what ended during its own wait.
     let report = runtime(false).block_on(drain(Duration::from_secs(1)));
-    assert_eq!(report.lost, 10_000);
-    assert!(!report.is_complete());
+    assert_eq!(report, DrainReport::default());
+    assert!(report.is_complete());
+}
+
+/// A drain on a second runtime counts the cleanups lost while the first
+/// runtime shuts down during its wait.
+#[test]
+fn s23_a_drain_on_another_runtime_counts_cleanups_lost_to_a_shutdown_during_its_wait() {
+    let _serial = SERIAL.lock().unwrap();
+    reset();
+    let doomed = runtime(false);
+    doomed.block_on(async {
+        for _ in 0..100 {
+            let stack = AsyncExitStack::new();
+            stack.push_async_callback(|| tokio::time::sleep(Duration::from_secs(3600)));
+            drop(stack);
+        }
+        tokio::task::yield_now().await;
+    });
+    let (waiting, started) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        runtime(false).block_on(async move {
+            let mut report = std::pin::pin!(drain(Duration::from_secs(60)));
+            // One poll starts the wait; then the other runtime may go.
+            std::future::poll_fn(|cx| {
+                assert!(report.as_mut().poll(cx).is_pending());
+                std::task::Poll::Ready(())
+            })
+            .await;
+            waiting.send(()).unwrap();
+            report.await
+        })
+    });
+    started.recv().unwrap();
+    drop(doomed);
+    let report = watcher.join().unwrap();
+    assert_eq!(
+        report,
+        DrainReport {
+            finished: 0,
+            failed: 0,
+            lost: 100,
+            cut_off: 0
+        }
+    );
+}
+
+/// Two drains at once (a test harness, two runtimes) each end as soon as
+/// the work is done, and each reports every cleanup that ended during its
+/// wait: neither waits out its deadline, neither takes the other's counts.
+#[test]
+fn s23_concurrent_drains_each_end_when_the_work_is_done_and_count_it_all() {
+    let _serial = SERIAL.lock().unwrap();
+    reset();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..100 {
+            let stack = AsyncExitStack::new();
+            stack.push_async_callback(|| tokio::time::sleep(Duration::from_millis(300)));
+            drop(stack);
+        }
+        let start = tokio::time::Instant::now();
+        let timed = |d| async move {
+            let report = drain(d).await;
+            (report, start.elapsed())
+        };
+        let (a, b) = tokio::join!(timed(Duration::from_secs(3)), timed(Duration::from_secs(3)));
+        let all = DrainReport {
+            finished: 100,
+            failed: 0,
+            lost: 0,
+            cut_off: 0,
+        };
+        assert_eq!(a, (all, Duration::from_millis(300)));
+        assert_eq!(b, (all, Duration::from_millis(300)));
+    });
+}
+
+/// A stack given the caller's own `TaskTracker` runs its background
+/// cleanup in that tracker: `tracker.wait()` covers it, and the
+/// process-wide `drain` neither waits for it nor counts it.
+#[test]
+fn s23_a_callers_task_tracker_tracks_the_stacks_background_cleanup() {
+    let _serial = SERIAL.lock().unwrap();
+    reset();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tracker = tokio_util::task::TaskTracker::new();
+        for _ in 0..10 {
+            let mut stack = AsyncExitStack::new();
+            stack.set_tracker(tracker.clone());
+            stack.push_async_callback(|| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                FINISHED.fetch_add(1, Ordering::SeqCst);
+            });
+            drop(stack);
+        }
+        assert_eq!(tracker.len(), 10);
+        assert_eq!(tokio_exit_stack::background_tasks(), 0);
+        let start = tokio::time::Instant::now();
+        assert_eq!(drain(Duration::from_secs(60)).await, DrainReport::default());
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "drain does not wait for the caller's tracker"
+        );
+        tracker.close();
+        tracker.wait().await;
+        assert_eq!(FINISHED.load(Ordering::SeqCst), 10);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    });
+}
+
+/// A stack created on a runtime since shut down, dropped inside another
+/// live runtime, cleans up there instead of being reported lost, on both
+/// flavours.
+#[test]
+fn s35_a_stack_whose_runtime_is_gone_cleans_up_in_the_runtime_it_is_dropped_in() {
+    let _serial = SERIAL.lock().unwrap();
+    for multi in [false, true] {
+        reset();
+        let capture = Capture::default();
+        let _guard = capture.install();
+        let first = runtime(multi);
+        let stack = first.block_on(async {
+            let stack = AsyncExitStack::new();
+            stack.push_async_callback(|| async {
+                tokio::task::yield_now().await;
+                FINISHED.fetch_add(1, Ordering::SeqCst);
+            });
+            stack
+        });
+        drop(first);
+        let report = runtime(multi).block_on(async move {
+            drop(stack);
+            drain(Duration::from_secs(30)).await
+        });
+        assert_eq!(report.finished, 1, "multi_thread={multi}: {report:?}");
+        assert_eq!(report.lost, 0);
+        assert_eq!(FINISHED.load(Ordering::SeqCst), 1);
+        assert!(capture.events().iter().all(|e| e.level != tracing::Level::ERROR));
+    }
+}
+
+/// A cleanup lost because there is no runtime at all says so, not that a
+/// runtime shut down.
+#[test]
+fn s35_a_cleanup_lost_with_no_runtime_gives_that_reason() {
+    let _serial = SERIAL.lock().unwrap();
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let stack = AsyncExitStack::new();
+    stack.entry().label("needs a runtime").push_async_callback(|| async {});
+    drop(stack);
+    let lost: Vec<_> = capture
+        .events()
+        .into_iter()
+        .filter(|e| e.level == tracing::Level::ERROR)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    assert!(
+        lost[0].field("reason").unwrap().contains("no tokio runtime"),
+        "{:?}",
+        lost[0]
+    );
+    assert!(lost[0].field("not_run").unwrap().contains("needs a runtime"));
 }
 
 /// A drain with a deadline that passes reports what it cut off, on the
