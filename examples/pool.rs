@@ -4,17 +4,23 @@
 //! Run it with `cargo run --example pool`.
 //!
 //! The pattern to copy into a real service:
-//! * a checkout is an [`AsyncEnter`]: it takes an idle connection or opens
-//!   a new one, so a failed connect leaves the request's stack untouched;
+//! * a checkout is an [`AsyncEnter`]: it takes a permit, then an idle
+//!   connection or a new one, so a failed connect leaves the request's
+//!   stack untouched;
 //! * the checked-out connection is an [`AsyncExit`] that *commits* (returns
 //!   the connection to the pool) when the request succeeded, and *rolls
 //!   back* (closes it cleanly: shutdown, drain) when anything failed or the
 //!   request was cancelled, since a connection in an unknown state must not
 //!   be reused;
+//! * the rollback gives the permit back *before* the lingering close, and
+//!   keeps that close short ([`Linger`]): a cancelled request must not hold
+//!   a pool slot while its discarded connection drains (under load, that
+//!   turns timeouts into timeout storms);
 //! * each request runs in [`scope`], so its connection and its permit are
 //!   released on every path: success, error, timeout, panic;
-//! * at shutdown, the idle connections close concurrently in one group,
-//!   and [`drain`] waits for the cleanups of cancelled requests.
+//! * at shutdown, the idle connections close concurrently in one group
+//!   (one drain bound for all, not one each), and [`drain`] waits for the
+//!   cleanups of cancelled requests.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -25,8 +31,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_exit_stack::{AsyncEnter, AsyncExit, AsyncExitStack, BoxError, Flow, Pending, async_trait, drain, scope};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_exit_stack::{
+    AsyncEnter, AsyncExit, AsyncExitStack, BoxError, Flow, Linger, Pending, async_trait, drain, scope,
+};
+
+/// How long a discarded connection may linger for the peer's EOF.
+const DISCARD_LINGER: Linger = Linger {
+    drain_timeout: Duration::from_millis(20),
+    ..Linger::DEFAULT
+};
 
 /// The pool: idle connections, and a limit on connections in use.
 struct Pool {
@@ -63,7 +77,7 @@ impl Pool {
     }
 }
 
-/// Entering a `Checkout` takes a connection from the pool.
+/// Entering a `Checkout` takes a permit, then a connection from the pool.
 struct Checkout(Arc<Pool>);
 
 impl AsyncEnter for Checkout {
@@ -72,6 +86,12 @@ impl AsyncEnter for Checkout {
 
     async fn enter(self) -> Result<Pooled, std::io::Error> {
         let pool = self.0;
+        let permit = pool
+            .limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
         let idle = pool.idle.lock().unwrap().pop_front();
         let conn = match idle {
             Some(conn) => {
@@ -84,13 +104,18 @@ impl AsyncEnter for Checkout {
                 conn
             }
         };
-        Ok(Pooled { conn: Some(conn), pool })
+        Ok(Pooled {
+            conn: Some(conn),
+            permit: Some(permit),
+            pool,
+        })
     }
 }
 
-/// A checked-out connection. Derefs to the stream.
+/// A checked-out connection and its permit. Derefs to the stream.
 struct Pooled {
     conn: Option<TcpStream>,
+    permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Pool>,
 }
 
@@ -116,20 +141,23 @@ impl AsyncExit for Pooled {
         if pending.is_ok() {
             // Commit: the request finished its exchange; reuse the connection.
             self.pool.idle.lock().unwrap().push_back(conn);
+            drop(self.permit.take());
             Ok(Flow::Propagate)
         } else {
-            // Roll back: the connection may hold half a reply. Close it
-            // cleanly with the stream's own exit (shutdown, then drain).
+            // Roll back: the connection may hold half a reply. Free the
+            // pool slot first, then close the connection cleanly with the
+            // stream's own exit (shutdown, then a short drain).
+            drop(self.permit.take());
             self.pool.discarded.fetch_add(1, Ordering::Relaxed);
-            Box::new(conn).exit(pending).await
+            Box::new(conn).exit(pending.with_linger(DISCARD_LINGER)).await
         }
     }
 }
 
-/// One request: a permit, a connection, one exchange, on every path released.
+/// One request: a permit and a connection, one exchange, on every path
+/// released.
 async fn request(pool: Arc<Pool>, key: u32) -> Result<String, tokio_exit_stack::Error> {
     scope(async |stack| {
-        let _permit = stack.enter_async_context(pool.limit.clone()).await?;
         let conn = stack.enter_async_context(Checkout(pool.clone())).await?;
         conn.write_all(format!("{key}\n").as_bytes()).await?;
         let mut reply = String::new();
@@ -210,7 +238,15 @@ async fn main() -> Result<(), BoxError> {
     );
     println!("background cleanups of cancelled requests: {report:?}");
     println!("permits available at the end: {} of 8", pool.limit.available_permits());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The backend notices a close once it is done with the request it was
+    // serving (a slow one takes 200 ms): give it a second at most.
+    let opened = pool.opened.load(Ordering::Relaxed);
+    for _ in 0..100 {
+        if clean_closes.load(Ordering::Relaxed) >= opened {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     println!(
         "backend saw {} clean closes (EOF) of {} connections",
         clean_closes.load(Ordering::Relaxed),

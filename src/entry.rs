@@ -15,11 +15,13 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::error::BoxError;
 use crate::group::ExitGroup;
+use crate::linger::Linger;
 use crate::owned::{self, Owned};
 use crate::stack::EntryBuilder;
 use crate::traits::{AsyncExit, CallbackOutput, Flow, Pending};
@@ -42,6 +44,7 @@ pub(crate) enum Exit {
 pub(crate) struct Options {
     pub(crate) label: Option<Cow<'static, str>>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) linger: Option<Arc<Linger>>,
 }
 
 pub(crate) struct Entry {
@@ -56,7 +59,7 @@ impl Options {
     /// for them.
     #[inline]
     pub(crate) fn boxed(self) -> Option<Box<Options>> {
-        (self.label.is_some() || self.timeout.is_some()).then(|| Box::new(self))
+        (self.label.is_some() || self.timeout.is_some() || self.linger.is_some()).then(|| Box::new(self))
     }
 }
 
@@ -64,6 +67,11 @@ impl Entry {
     #[inline]
     pub(crate) fn timeout(&self) -> Option<Duration> {
         self.options.as_ref().and_then(|o| o.timeout)
+    }
+
+    #[inline]
+    pub(crate) fn linger(&self) -> Option<&Arc<Linger>> {
+        self.options.as_ref().and_then(|o| o.linger.as_ref())
     }
 
     /// The caller's label, else the exit's own (`detailed`: as its

@@ -82,19 +82,20 @@
 //!
 //! | Type | Feature | Exit when the scope succeeded | Exit on failure or abandonment | No runtime left (`abandon`) |
 //! |---|---|---|---|---|
-//! | `TcpStream`, `UnixStream` | `net` | shut down the write side, then drain unread input (at most [`DRAIN_LIMIT`] bytes, [`DRAIN_TIMEOUT`]), so the peer sees a clean EOF, never a reset | same | shut down the write side, drain what is already buffered |
+//! | `TcpStream`, `UnixStream` | `net` | shut down the write side, then drain unread input (bounded by the entry's [`Linger`]: by default [`DRAIN_LIMIT`] bytes, [`DRAIN_TIMEOUT`]), so the peer sees a clean EOF, never a reset | same | shut down the write side, drain what is already buffered |
 //! | `fs::File` | `fs` | flush, reporting the error a drop would lose | same | dropped |
 //! | [`fs::Durable`] (a `File`) | `fs` | flush, then `sync_all` | same | dropped |
-//! | `BufWriter<W>` | `io-util` | flush and shut down: no buffered byte lost | same | dropped (its buffer is lost) |
-//! | `BufStream<S>` | `io-util` | flush, shut down, drain (bounded) | same | dropped |
+//! | `BufWriter<W>` | `io-util` | flush and shut down: no buffered byte lost (bounded by the entry's [`Linger`]: by default [`FLUSH_TIMEOUT`], then a `TimedOut` error) | same | dropped (its buffer is lost) |
+//! | `BufStream<S>` | `io-util` | flush, shut down, drain (bounded likewise) | same | dropped |
 //! | `Arc<Semaphore>` (enters as `OwnedSemaphorePermit`) | `sync` | release, inline, no task | same | release |
 //! | `Arc<Mutex<T>>` (enters as `OwnedMutexGuard`), owned rwlock guards | `sync` | unlock, inline, no task | same | unlock |
 //! | `process::Child` | `process` | wait for it to exit | kill, then reap: no zombie | kill; reap if it already exited |
-//! | `JoinHandle<T>` | `rt` | await it; a panicked task is a [`TaskError`] | abort, then await (reap) | abort |
+//! | `JoinHandle<T>` (enters as a [`Task`]) | `rt` | await it, unless the caller did; a panicked task is a [`TaskError`] | abort, then await (reap) | abort |
 //! | `JoinSet<T>` | `rt` | await every task; each failed one is a [`TaskError`] | abort all, await all | abort all |
 //!
-//! The stream exits bound their drain with a timer, as do entry timeouts and
-//! [`drain`]: they need the runtime's time driver, which `#[tokio::main]`,
+//! The stream exits bound their flush and drain with timers ([`Linger`],
+//! settable per entry or per stack), as do entry timeouts and [`drain`]:
+//! they need the runtime's time driver, which `#[tokio::main]`,
 //! `#[tokio::test]` and `Builder::enable_all` turn on.
 //!
 //! A release that fails returns a [`ResourceError`] naming the resource
@@ -176,6 +177,7 @@ mod background;
 mod entry;
 mod error;
 mod group;
+mod linger;
 mod owned;
 mod resources;
 mod stack;
@@ -183,10 +185,9 @@ mod traits;
 mod unwind;
 
 pub use async_trait::async_trait;
+pub use linger::{DRAIN_LIMIT, DRAIN_TIMEOUT, FLUSH_TIMEOUT, Linger};
 #[cfg(feature = "rt")]
-pub use resources::TaskError;
-#[cfg(any(feature = "net", feature = "io-util"))]
-pub use resources::{DRAIN_LIMIT, DRAIN_TIMEOUT};
+pub use resources::{Task, TaskError};
 
 /// File exits: [`Durable`](fs::Durable), a file that is synced to disk at
 /// exit. (`tokio::fs::File` itself implements [`AsyncExit`] directly.)

@@ -33,6 +33,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::Location;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -43,6 +44,7 @@ use crate::background;
 use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitCell, ExitFn, Options, Registry};
 use crate::error::{AbandonCause, BoxError, Chain, Error, Suppressed};
 use crate::group::ExitGroup;
+use crate::linger::Linger;
 use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
 use crate::unwind::{Mode, Reason, Unwind};
 
@@ -107,6 +109,8 @@ pub struct AsyncExitStack {
     /// The span current at creation: background cleanup runs in a child
     /// of it.
     span: Span,
+    /// Close bounds for stream entries without their own.
+    linger: Option<Arc<Linger>>,
 }
 
 impl AsyncExitStack {
@@ -129,6 +133,7 @@ impl AsyncExitStack {
             cancellable: false,
             tracker: None,
             span: Span::current(),
+            linger: None,
         }
     }
 
@@ -188,6 +193,14 @@ impl AsyncExitStack {
     /// ```
     pub fn set_tracker(&mut self, tracker: TaskTracker) {
         self.tracker = Some(tracker);
+    }
+
+    /// Sets the close bounds (flush, lingering drain) of every stream entry
+    /// of this stack that has none of its own
+    /// ([`EntryBuilder::linger`]); see [`Linger`] for the trade-off.
+    /// Stacks made by [`pop_all`](Self::pop_all) keep them.
+    pub fn set_linger(&mut self, linger: Linger) {
+        self.linger = Some(Arc::new(linger));
     }
 
     /// Where this stack was created.
@@ -361,6 +374,7 @@ impl AsyncExitStack {
             cancellable: false,
             tracker: self.tracker.clone(),
             span: self.span.clone(),
+            linger: self.linger.clone(),
         }
     }
 
@@ -396,6 +410,7 @@ impl AsyncExitStack {
             self.unwind_timeout,
         );
         unwind.tracker = self.tracker.clone();
+        unwind.linger = self.linger.clone();
         unwind.run().await;
         unwind.finish()
     }
@@ -462,6 +477,7 @@ impl Drop for AsyncExitStack {
         );
         unwind.abandon(cause);
         unwind.tracker = self.tracker.take();
+        unwind.linger = self.linger.take();
         unwind.parent = Some(std::mem::replace(&mut self.span, Span::none()));
         background::hand_off(unwind);
         if cause == AbandonCause::Dropped && background::is_strict() {
@@ -506,6 +522,14 @@ impl<'s> EntryBuilder<'s> {
     /// instead of its type name.
     pub fn label(mut self, label: impl Into<Cow<'static, str>>) -> Self {
         self.options.label = Some(label.into());
+        self
+    }
+
+    /// Sets this entry's close bounds (flush, lingering drain), winning over
+    /// its stack's ([`AsyncExitStack::set_linger`]); for a group, the
+    /// bounds of its members that have none of their own. See [`Linger`].
+    pub fn linger(mut self, linger: Linger) -> Self {
+        self.options.linger = Some(Arc::new(linger));
         self
     }
 

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::error::{Abandoned, BoxError, Cause, Link};
+use crate::linger::Linger;
 
 /// What an exit tells the unwinder to do with the pending error.
 ///
@@ -44,10 +45,13 @@ pub enum Flow {
 /// every error still pending, newest first: what the newest replaced, and
 /// so on back to the body's (Python's walk of `exc.__context__`).
 ///
-/// `Pending` is an owned, cheap handle (`None`, or one reference-counted
-/// pointer), so an async exit may keep it across `.await`s, or past the
-/// unwind. Cloning it costs one atomic increment when an error is pending
-/// and nothing otherwise. The errors it holds are the very objects the
+/// It also carries the bounds of a stream's close ([`linger`](Self::linger)),
+/// as the entry or its stack set them.
+///
+/// `Pending` is an owned, cheap handle (at most two reference-counted
+/// pointers), so an async exit may keep it across `.await`s, or past the
+/// unwind. Cloning it costs one atomic increment per pointer set, and
+/// nothing otherwise. The errors it holds are the very objects the
 /// final [`Error`](crate::Error) will hold; to chain the pending error as
 /// the `source()` of a new one, take it with [`cause`](Self::cause).
 #[derive(Clone, Default)]
@@ -55,12 +59,17 @@ pub struct Pending {
     /// Every pending error, oldest first; the last is the one `error`
     /// returns. `None` when nothing is pending, never an empty slice.
     pub(crate) chain: Option<Arc<[Link]>>,
+    /// The close bounds set for this entry or its stack, if any.
+    pub(crate) linger: Option<Arc<Linger>>,
 }
 
 impl Pending {
     /// No error is pending: the body succeeded and so did every newer exit.
     pub const fn none() -> Self {
-        Self { chain: None }
+        Self {
+            chain: None,
+            linger: None,
+        }
     }
 
     /// A pending error, as an exit of a hand-driven unwind (or a test of an
@@ -68,6 +77,7 @@ impl Pending {
     pub fn new(error: impl Into<BoxError>) -> Self {
         Self {
             chain: Some(Arc::new([Arc::new(error.into())])),
+            linger: None,
         }
     }
 
@@ -115,6 +125,40 @@ impl Pending {
     /// [`Cause`].
     pub fn cause(&self) -> Option<Cause> {
         self.chain.as_deref().and_then(<[Link]>::last).cloned().map(Cause)
+    }
+
+    /// The bounds this exit should keep when it closes a stream: the
+    /// entry's own, else its stack's, else [`Linger::DEFAULT`]. The stream
+    /// exits of this crate read it; an exit of your own that wraps a stream
+    /// passes its `Pending` on, or reads this.
+    pub fn linger(&self) -> Linger {
+        self.linger.as_deref().copied().unwrap_or_default()
+    }
+
+    /// This `Pending` with other close bounds: for an exit of your own that
+    /// closes a stream through the stream's exit with bounds of its choice
+    /// (a short drain for a connection discarded after a failed request).
+    ///
+    /// ```
+    /// # #[cfg(feature = "net")]
+    /// # mod example {
+    /// use std::time::Duration;
+    /// use tokio_exit_stack::{AsyncExit, BoxError, Flow, Linger, Pending, async_trait};
+    ///
+    /// struct Pooled(tokio::net::TcpStream);
+    ///
+    /// #[async_trait]
+    /// impl AsyncExit for Pooled {
+    ///     async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
+    ///         let short = Linger { drain_timeout: Duration::from_millis(10), ..pending.linger() };
+    ///         Box::new(self.0).exit(pending.with_linger(short)).await
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn with_linger(mut self, linger: Linger) -> Self {
+        self.linger = Some(Arc::new(linger));
+        self
     }
 
     /// `true` when no error is pending (commit).

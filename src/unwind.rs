@@ -15,6 +15,7 @@ use std::future::Future;
 use std::mem;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use crate::background;
 use crate::entry::{Entry, Exit, ExitFuture};
 use crate::error::{Abandoned, BoxError, Chain, Error, PanicError, TimeoutError};
 use crate::group::ExitGroup;
+use crate::linger::Linger;
 use crate::traits::{Flow, Pending};
 
 /// Why an unwind runs; shown in its tracing span.
@@ -227,6 +229,8 @@ pub(crate) struct Unwind {
     /// The dispatcher current where the stack was dropped: a loss is
     /// reported there too.
     pub(crate) dispatch: Option<Dispatch>,
+    /// The stack's close bounds, for entries without their own.
+    pub(crate) linger: Option<Arc<Linger>>,
     /// Whether the unwind already had its second chance on the runtime
     /// current at its loss.
     rehomed: bool,
@@ -296,6 +300,7 @@ impl Unwind {
             tracker: None,
             parent: None,
             dispatch: None,
+            linger: None,
             rehomed: false,
         }
     }
@@ -319,9 +324,10 @@ impl Unwind {
     }
 
     #[inline]
-    fn pending(&mut self) -> Pending {
+    fn pending(&mut self, linger: Option<&Arc<Linger>>) -> Pending {
         Pending {
             chain: self.chain.pending(),
+            linger: linger.or(self.linger.as_ref()).cloned(),
         }
     }
 
@@ -460,7 +466,7 @@ impl Unwind {
         let timeout = entry.timeout();
         let label = entry.label(self.detailed || timeout.is_some());
         let trace = self.trace(None, &label);
-        let pending = self.pending();
+        let pending = self.pending(entry.linger());
         match entry.exit {
             Exit::Sync(exit) => {
                 let exit = exit.into_box();
@@ -523,23 +529,33 @@ impl Unwind {
         // Nested groups are flattened into this one; a nested group's
         // timeout bounds each of its members (all start now). This group's
         // own timeout is its timer, which names it.
-        let mut queue = vec![(group, None)];
+        // A member's own close bounds win over its group's, which the
+        // group's `pending` already carries.
+        let mut queue = vec![(group, None, None)];
         let mut index = 0;
-        while let Some((mut group, bound)) = queue.pop() {
+        while let Some((mut group, bound, group_linger)) = queue.pop() {
             for member in group.registry.take() {
                 index += 1;
                 let timeout = shorter(member.timeout(), bound);
+                let linger = member.linger().or(group_linger.as_ref()).cloned();
+                let told = match &linger {
+                    Some(linger) => Pending {
+                        chain: pending.chain.clone(),
+                        linger: Some(linger.clone()),
+                    },
+                    None => pending.clone(),
+                };
                 let label = member.label(self.detailed || timeout.is_some());
                 let trace = parent.and_then(|p| self.trace(Some(p), &label));
                 let until = self.until(timeout);
                 let outcome = match member.exit {
                     Exit::Group(nested) => {
-                        queue.push((nested.into_box(), timeout));
+                        queue.push((nested.into_box(), timeout, linger));
                         continue;
                     }
                     Exit::Sync(exit) => {
                         let exit = exit.into_box();
-                        let run = || catch_unwind(AssertUnwindSafe(|| exit.exit(pending)));
+                        let run = || catch_unwind(AssertUnwindSafe(|| exit.exit(&told)));
                         flatten(match &trace {
                             Some(t) => t.0.in_scope(run),
                             None => run(),
@@ -547,8 +563,7 @@ impl Unwind {
                     }
                     Exit::Async(exit) => {
                         let exit = exit.into_box();
-                        let pending = pending.clone();
-                        match catch_unwind(AssertUnwindSafe(|| exit.start(pending))) {
+                        match catch_unwind(AssertUnwindSafe(|| exit.start(told))) {
                             Ok(future) => {
                                 run.running.push(MemberRun {
                                     index,
@@ -789,6 +804,7 @@ impl Unwind {
             tracker: self.tracker.take(),
             parent: self.parent.take(),
             dispatch: self.dispatch.take(),
+            linger: self.linger.take(),
             rehomed: self.rehomed,
         }
     }

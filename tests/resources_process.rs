@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::sync::oneshot;
-use tokio_exit_stack::{AsyncExitStack, TaskError, scope};
+use tokio_exit_stack::{AsyncExitStack, Task, TaskError, scope};
 
 /// The process table's view of `pid`: `None` once it is gone (reaped),
 /// otherwise its state letter (`Z` for a zombie).
@@ -159,4 +159,105 @@ both_flavours! {
         assert_eq!(err.len(), 2, "{err}");
         assert!(err.iter().all(|e| e.is::<TaskError>()));
     }
+}
+
+both_flavours! {
+    /// The natural use of a lent task is to await it: the stack then has
+    /// nothing left to reap, and never polls the finished handle again
+    /// (tokio panics on that), on success as on failure.
+    async fn s31_a_task_the_caller_awaited_never_makes_the_unwind_panic() {
+        let mut stack = AsyncExitStack::new();
+        let task = stack.enter_async_context(tokio::spawn(async { 7 })).await.unwrap();
+        assert_eq!((&mut *task).await.unwrap(), 7);
+        assert!(task.is_taken());
+        stack.aclose().await.unwrap();
+
+        let err = scope(async |stack| {
+            let task = stack.push_resource(Task::new(tokio::spawn(async { 7 })));
+            assert_eq!(task.await?, 7);
+            Err::<(), tokio_exit_stack::BoxError>(std::io::Error::other("the request failed").into())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.len(), 1, "only the body's error: {err}");
+        assert_eq!(err.to_string(), "the request failed");
+
+        // A panicked task whose error the caller read is not reported again.
+        let mut stack = AsyncExitStack::new();
+        let task = stack.enter_async_context(tokio::spawn(async { panic!("task bug") })).await.unwrap();
+        assert!((&mut *task).await.unwrap_err().is_panic());
+        assert!(task.is_taken());
+        stack.aclose().await.unwrap();
+    }
+}
+
+both_flavours! {
+    /// A task that panicked and that nobody awaited is reported, also when
+    /// an error is pending and the exit only meant to abort it.
+    async fn s31_a_panicked_task_nobody_awaited_is_reported() {
+        let err = scope(async |stack| {
+            let task = stack.enter_async_context(tokio::spawn(async { panic!("task bug") })).await?;
+            while !task.is_finished() {
+                tokio::task::yield_now().await;
+            }
+            Err::<(), tokio_exit_stack::BoxError>(std::io::Error::other("the request failed").into())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.len(), 2, "{err}");
+        let failure = err.downcast_ref::<TaskError>().expect("the task's panic is a link");
+        assert!(failure.source.is_panic());
+    }
+}
+
+/// A task that never ends holds the unwind until the entry's timeout, and
+/// is then aborted, not detached (paused clock).
+#[tokio::test(start_paused = true)]
+async fn s31_a_task_whose_exit_times_out_is_aborted() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = Dropped(dropped.clone());
+    let mut stack = AsyncExitStack::new();
+    stack
+        .entry()
+        .timeout(Duration::from_secs(5))
+        .enter_async_context(tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        }))
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let err = stack.aclose().await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert!(err.downcast_ref::<tokio_exit_stack::TimeoutError>().is_some(), "{err}");
+    common::eventually("the task is aborted", || dropped.load(Ordering::SeqCst)).await;
+}
+
+/// A child abandoned where no runtime can run its exit (its runtime shut
+/// down) is killed and reaped by a short-lived thread: never left a
+/// zombie, and the drop does not block.
+#[test]
+fn s31_a_child_abandoned_with_no_runtime_is_reaped_not_left_a_zombie() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stack, pid) = rt.block_on(async {
+        let stack = AsyncExitStack::new();
+        let child = stack.push_resource(Command::new("sleep").arg("1000").spawn().unwrap());
+        let pid = child.id().unwrap();
+        (stack, pid)
+    });
+    drop(rt);
+    let start = std::time::Instant::now();
+    drop(stack);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the drop does not wait for the child"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while process_state(pid).is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(process_state(pid), None, "killed and reaped: no process, no zombie");
 }

@@ -1,41 +1,48 @@
 //! The bounded drain that turns a close into a clean EOF for the peer.
 
 use std::io;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// At most this many unread bytes are read and discarded when a stream is
-/// closed. Past it the stream is closed anyway (the peer may then see a
-/// reset).
-pub const DRAIN_LIMIT: usize = 1 << 20;
+use crate::linger::{Linger, within};
 
-/// At most this long is spent draining unread input when a stream is
-/// closed, waiting for the peer's EOF (a "lingering close"). A peer that
-/// neither writes nor closes costs this much; one that closes costs a
-/// round trip. The bound is a tokio timer: it needs the runtime's time
-/// driver (`enable_time`, part of `enable_all` and `#[tokio::main]`).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
-
-/// Reads and discards until EOF, `DRAIN_LIMIT` bytes, or `DRAIN_TIMEOUT`.
-/// Returns how many bytes were discarded. Only an I/O error is an error.
-pub(crate) async fn drain<R: AsyncRead + Unpin + ?Sized>(reader: &mut R) -> io::Result<usize> {
+/// Reads and discards until EOF, `linger.drain_limit` bytes, or
+/// `linger.drain_timeout`. Returns how many bytes were discarded. Only an
+/// I/O error is an error.
+pub(crate) async fn drain<R: AsyncRead + Unpin + ?Sized>(reader: &mut R, linger: &Linger) -> io::Result<usize> {
     let mut buf = [0u8; 8192];
     let mut total = 0usize;
+    let limit = linger.drain_limit;
     let reading = async {
-        loop {
+        while total < limit {
             let n = reader.read(&mut buf).await?;
             if n == 0 {
-                return Ok(());
+                break;
             }
             total += n;
-            if total >= DRAIN_LIMIT {
-                return Ok(());
-            }
         }
+        Ok(())
     };
-    match tokio::time::timeout(DRAIN_TIMEOUT, reading).await {
-        Ok(Ok(())) | Err(_) => Ok(total),
-        Ok(Err(e)) => Err(e),
+    match within(linger.drain_timeout, reading).await {
+        Some(Ok(())) | None => Ok(total),
+        Some(Err(e)) => Err(e),
+    }
+}
+
+#[cfg(feature = "io-util")]
+/// Flushes and shuts down `writer` within `linger.flush_timeout`; past it,
+/// a `TimedOut` error.
+pub(crate) async fn flush_and_shutdown<W>(writer: &mut W, linger: &Linger) -> io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use tokio::io::AsyncWriteExt as _;
+    // `shutdown` flushes the buffer first, then shuts the writer down.
+    match within(linger.flush_timeout, writer.shutdown()).await {
+        Some(result) => result,
+        None => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("not flushed within {:?}: the peer is not reading", linger.flush_timeout),
+        )),
     }
 }

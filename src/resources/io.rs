@@ -1,11 +1,11 @@
 //! `BufWriter` and `BufStream`: flush and shut down on exit, so no buffered
-//! byte is lost.
+//! byte is lost, within the entry's [`Linger`](crate::Linger) bounds.
 
 use std::any::type_name;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufStream, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, BufStream, BufWriter};
 
-use super::drain::drain;
+use super::drain::{drain, flush_and_shutdown};
 use crate::error::{BoxError, ResourceError};
 use crate::traits::{AsyncExit, Flow, Pending};
 
@@ -14,10 +14,9 @@ impl<W> AsyncExit for BufWriter<W>
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    async fn exit(mut self: Box<Self>, _pending: Pending) -> Result<Flow, BoxError> {
+    async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
         let name = type_name::<Self>();
-        // `shutdown` flushes the buffer first, then shuts the writer down.
-        self.shutdown()
+        flush_and_shutdown(&mut *self, &pending.linger())
             .await
             .map_err(|e| ResourceError::new(name, "flush and shutdown", e))?;
         Ok(Flow::Propagate)
@@ -29,12 +28,13 @@ impl<S> AsyncExit for BufStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn exit(mut self: Box<Self>, _pending: Pending) -> Result<Flow, BoxError> {
+    async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
         let name = type_name::<Self>();
-        self.shutdown()
+        let linger = pending.linger();
+        flush_and_shutdown(&mut *self, &linger)
             .await
             .map_err(|e| ResourceError::new(name, "flush and shutdown", e))?;
-        drain(&mut *self)
+        drain(&mut *self, &linger)
             .await
             .map_err(|e| ResourceError::new(name, "drain", e))?;
         Ok(Flow::Propagate)

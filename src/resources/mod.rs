@@ -22,7 +22,5 @@ mod sync;
 #[cfg(feature = "rt")]
 mod task;
 
-#[cfg(any(feature = "net", feature = "io-util"))]
-pub use drain::{DRAIN_LIMIT, DRAIN_TIMEOUT};
 #[cfg(feature = "rt")]
-pub use task::TaskError;
+pub use task::{Task, TaskError};

@@ -8,8 +8,9 @@ use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::drain::{DRAIN_LIMIT, drain};
+use super::drain::drain;
 use crate::error::{BoxError, ResourceError};
+use crate::linger::DRAIN_LIMIT;
 use crate::traits::{AsyncExit, Flow, Pending};
 
 /// Shared by both stream types: shutdown, then drain.
@@ -17,13 +18,14 @@ macro_rules! stream_exit {
     ($ty:ty, $label:expr) => {
         #[async_trait::async_trait]
         impl AsyncExit for $ty {
-            async fn exit(mut self: Box<Self>, _pending: Pending) -> Result<Flow, BoxError> {
+            async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
                 let label: fn(&$ty) -> String = $label;
                 let name = label(&self);
+                let linger = pending.linger();
                 self.shutdown()
                     .await
                     .map_err(|e| ResourceError::new(name.clone(), "shutdown", e))?;
-                let discarded = drain(&mut *self)
+                let discarded = drain(&mut *self, &linger)
                     .await
                     .map_err(|e| ResourceError::new(name.clone(), "drain", e))?;
                 tracing::trace!(resource = %name, discarded, "stream closed");

@@ -40,8 +40,38 @@ impl AsyncExit for Child {
     }
 
     fn abandon(mut self: Box<Self>) {
-        // No runtime to wait on: kill it, and reap it if it already exited.
+        // No runtime to wait on: kill it, and reap it at once if it already
+        // exited. Otherwise a short-lived thread reaps it (a killed process
+        // exits within milliseconds), so no zombie is left and nothing
+        // blocks here.
         let _ = self.start_kill();
-        let _ = self.try_wait();
+        if !matches!(self.try_wait(), Ok(None)) {
+            return;
+        }
+        let name = label(&self);
+        let reaper = std::thread::Builder::new()
+            .name("tokio-exit-stack-reaper".to_owned())
+            .spawn(move || reap(*self));
+        if let Err(e) = reaper {
+            tracing::error!(resource = %name, error = %e, "could not start a thread to reap a killed child: it stays a zombie until this process exits");
+        }
     }
+}
+
+/// Waits, off any runtime, for a killed child to exit and reaps it: polls
+/// `try_wait` with a growing pause, for at most about 30 s (a process
+/// stuck in an uninterruptible sleep outlives a kill).
+fn reap(mut child: Child) {
+    let mut pause = std::time::Duration::from_millis(1);
+    let mut waited = std::time::Duration::ZERO;
+    while waited < std::time::Duration::from_secs(30) {
+        match child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => return,
+        }
+        std::thread::sleep(pause); // on the reaper's own thread
+        waited += pause;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
+    tracing::error!(resource = %label(&child), "a killed child did not exit within 30 s: it is left unreaped");
 }
