@@ -9,13 +9,15 @@
 //!   a sync closure. Unwinding it runs inline and allocates nothing.
 //! * `Group`: an `ExitGroup`, whose members close concurrently.
 
-use std::any::type_name;
+use std::any::{Any, type_name};
 use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::num::NonZeroU64;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +47,8 @@ pub(crate) struct Options {
     pub(crate) label: Option<Cow<'static, str>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) linger: Option<Arc<Linger>>,
+    /// Set for a keyed registration: what its `Key` names.
+    pub(crate) key: Option<NonZeroU64>,
 }
 
 pub(crate) struct Entry {
@@ -59,7 +63,8 @@ impl Options {
     /// for them.
     #[inline]
     pub(crate) fn boxed(self) -> Option<Box<Options>> {
-        (self.label.is_some() || self.timeout.is_some() || self.linger.is_some()).then(|| Box::new(self))
+        (self.label.is_some() || self.timeout.is_some() || self.linger.is_some() || self.key.is_some())
+            .then(|| Box::new(self))
     }
 }
 
@@ -67,6 +72,11 @@ impl Entry {
     #[inline]
     pub(crate) fn timeout(&self) -> Option<Duration> {
         self.options.as_ref().and_then(|o| o.timeout)
+    }
+
+    #[inline]
+    pub(crate) fn key(&self) -> Option<NonZeroU64> {
+        self.options.as_ref().and_then(|o| o.key)
     }
 
     #[inline]
@@ -143,6 +153,38 @@ impl Registry {
     /// Takes every entry out; needs `&mut`, so no lent resource is alive.
     pub(crate) fn take(&mut self) -> Vec<Entry> {
         std::mem::take(self.entries.get_mut())
+    }
+
+    /// The keyed resource `key` names, if it is registered here and is a
+    /// `T`; needs `&mut`, so no lent resource is alive.
+    pub(crate) fn keyed_mut<T: 'static>(&mut self, key: NonZeroU64) -> Option<&mut T> {
+        let entry = self.entries.get_mut().iter_mut().rev().find(|e| e.key() == Some(key))?;
+        match &mut entry.exit {
+            Exit::Async(exit) => exit.get_mut().as_any().downcast_mut::<T>(),
+            Exit::Sync(_) | Exit::Group(_) => None,
+        }
+    }
+
+    /// Unregisters the keyed resource `key` names and hands it back, if it
+    /// is registered here and is a `T`.
+    pub(crate) fn take_keyed<T: 'static>(&mut self, key: NonZeroU64) -> Option<T> {
+        // Checked before it leaves the vector: a mismatch leaves it there.
+        self.keyed_mut::<T>(key)?;
+        let entries = self.entries.get_mut();
+        let at = entries.iter().rposition(|e| e.key() == Some(key))?;
+        match entries.remove(at).exit {
+            Exit::Async(exit) => exit.into_box().into_any().downcast::<T>().ok().map(|t| *t),
+            Exit::Sync(_) | Exit::Group(_) => None,
+        }
+    }
+
+    /// A key no other registration in the process has.
+    pub(crate) fn new_key() -> NonZeroU64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        // 2^64 registrations would take centuries; wrapping to 0 is the
+        // only way to fail, and then the key starts over at 1.
+        NonZeroU64::new(id).unwrap_or(NonZeroU64::MIN)
     }
 
     pub(crate) fn needs_runtime(&self) -> bool {
@@ -295,6 +337,9 @@ pub(crate) trait ErasedExit: Send {
     fn type_name(&self) -> &'static str;
     fn needs_runtime(&self) -> bool;
     fn abandon(self: Box<Self>);
+    /// The entry as `Any`, for taking a keyed resource back.
+    fn as_any(&mut self) -> &mut dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
 }
 
 pub(crate) type ExitFuture = Pin<Box<dyn Future<Output = Result<Flow, BoxError>> + Send>>;
@@ -314,6 +359,12 @@ impl<T: AsyncExit> ErasedExit for T {
     }
     fn abandon(self: Box<Self>) {
         AsyncExit::abandon(self)
+    }
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
     }
 }
 
@@ -434,4 +485,10 @@ where
         true
     }
     fn abandon(self: Box<Self>) {}
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }

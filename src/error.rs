@@ -93,6 +93,15 @@ impl Chain {
         Some(self.told.get_or_insert_with(|| self.links.as_slice().into()).clone())
     }
 
+    /// The chain an exit was told, for a nested stack's unwind: the same
+    /// links (so the outer chain recognises them when they come back).
+    pub(crate) fn told(told: Option<Arc<[Link]>>) -> Self {
+        Self {
+            links: told.as_deref().map(<[Link]>::to_vec).unwrap_or_default(),
+            told,
+        }
+    }
+
     /// Adds what an entry (or a body) raised: see the module docs.
     pub(crate) fn raise(&mut self, error: BoxError) {
         let new: Vec<Link> = match error.downcast::<Error>() {
@@ -241,6 +250,18 @@ pub struct Error {
 }
 
 impl Error {
+    /// Whether this error holds exactly `oldest_first`, the very links in
+    /// that order, and nothing else.
+    pub(crate) fn is_exactly(&self, oldest_first: &[Link]) -> bool {
+        self.links.len() == oldest_first.len()
+            && self
+                .links
+                .iter()
+                .rev()
+                .zip(oldest_first)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
     /// Builds the final error from links stored oldest first.
     pub(crate) fn from_oldest_first(mut links: Vec<Link>) -> Option<Self> {
         if links.is_empty() {

@@ -9,9 +9,8 @@
 //! result does not depend on which finished first.
 
 use std::future::Future;
-use std::marker::PhantomData;
 
-use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitCell, Registry};
+use crate::entry::Registry;
 use crate::error::BoxError;
 use crate::stack::EntryBuilder;
 use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
@@ -24,9 +23,10 @@ use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
 /// one. Plain entries and groups keep LIFO order among themselves; inside a
 /// group there is no order.
 ///
-/// Members are registered exactly as on the stack (each method lends the
-/// resource back) and are unwound with the group. Each member may have its
-/// own label and timeout through [`entry`](Self::entry).
+/// Members are registered exactly as on the stack, with the same methods
+/// (each lends the resource back), and are unwound with the group. Each
+/// member may have its own label, timeout and close bounds through
+/// [`entry`](Self::entry).
 ///
 /// Costs one allocation for the group, one per member, and a
 /// `FuturesUnordered` of the members' exit futures at unwind.
@@ -86,7 +86,7 @@ impl ExitGroup {
         self.registry.needs_runtime()
     }
 
-    /// Options (label, timeout) for the next member.
+    /// Options (label, timeout, close bounds) for the next member.
     pub fn entry(&self) -> EntryBuilder<'_> {
         self.registry.entry()
     }
@@ -100,42 +100,61 @@ impl ExitGroup {
     /// Registers an already open resource as a member; see
     /// [`AsyncExitStack::push_resource`](crate::AsyncExitStack::push_resource).
     pub fn push_resource<T: AsyncExit>(&self, resource: T) -> &mut T {
-        self.registry.register_async(resource, Default::default())
+        self.entry().push_resource(resource)
     }
 
-    /// Registers `value` (cleanup: its `Drop`) as a member.
+    /// Registers `value` (cleanup: its `Drop`) as a member; see
+    /// [`AsyncExitStack::enter_context`](crate::AsyncExitStack::enter_context).
     pub fn enter_context<T: Send + 'static>(&self, value: T) -> &mut T {
-        &mut self.registry.register_sync(DropGuard(value), Default::default()).0
+        self.entry().enter_context(value)
     }
 
-    /// Registers an async exit closure as a member.
+    /// Registers an async exit closure as a member; see
+    /// [`AsyncExitStack::push_async_exit`](crate::AsyncExitStack::push_async_exit).
     pub fn push_async_exit<F, Fut, E>(&self, exit: F)
     where
         F: FnOnce(Pending) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Flow, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        self.registry
-            .register_async(ExitCell::new(AsyncExitFn(exit, PhantomData)), Default::default());
+        self.entry().push_async_exit(exit);
     }
 
-    /// Registers an async callback as a member.
+    /// Registers a synchronous exit closure as a member; see
+    /// [`AsyncExitStack::push_exit`](crate::AsyncExitStack::push_exit).
+    pub fn push_exit<F, E>(&self, exit: F)
+    where
+        F: FnOnce(&Pending) -> Result<Flow, E> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.entry().push_exit(exit);
+    }
+
+    /// Registers an async callback as a member; see
+    /// [`AsyncExitStack::push_async_callback`](crate::AsyncExitStack::push_async_callback).
     pub fn push_async_callback<F, Fut>(&self, callback: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: CallbackOutput,
     {
-        self.registry
-            .register_async(ExitCell::new(AsyncCallbackFn(callback)), Default::default());
+        self.entry().push_async_callback(callback);
     }
 
-    /// Registers a synchronous callback as a member.
+    /// Registers a synchronous callback as a member; see
+    /// [`AsyncExitStack::callback`](crate::AsyncExitStack::callback).
     pub fn callback<F, R>(&self, callback: F)
     where
         F: FnOnce() -> R + Send + 'static,
         R: CallbackOutput + 'static,
     {
-        self.registry.register_sync(CallbackFn(callback), Default::default());
+        self.entry().callback(callback);
+    }
+
+    /// Registers a nested group as a member: its members close at the same
+    /// time as this group's (groups nest by flattening), each bounded by
+    /// the nested group's timeout if it has one.
+    pub fn enter_group(&self) -> &ExitGroup {
+        self.entry().enter_group()
     }
 }

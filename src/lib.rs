@@ -198,5 +198,5 @@ pub mod fs {
 pub use background::{DrainReport, STRICT_ENV, background_tasks, drain, is_strict, set_strict};
 pub use error::{AbandonCause, Abandoned, BoxError, Cause, Error, PanicError, ResourceError, Suppressed, TimeoutError};
 pub use group::ExitGroup;
-pub use stack::{AsyncExitStack, EntryBuilder, scope, scope_suppressible};
+pub use stack::{AsyncExitStack, EntryBuilder, Key, scope, scope_suppressible};
 pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, acquire};

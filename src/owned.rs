@@ -75,6 +75,17 @@ impl<T: ?Sized> Owned<T> {
     }
 }
 
+impl<T: ?Sized> Owned<T> {
+    /// A mutable view, for `AsyncExitStack::get_mut`, which holds
+    /// `&mut AsyncExitStack`: no caller borrow can exist.
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        // SAFETY: the pointee is alive while `self` is; `&mut self` is
+        // reachable only through `&mut AsyncExitStack`, so no `&mut T`
+        // handed out at registration is alive (module docs).
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
 impl<T: ?Sized> Drop for Owned<T> {
     fn drop(&mut self) {
         // SAFETY: as in `into_box`: sole owner, freed once.

@@ -32,6 +32,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::num::NonZeroU64;
 use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
@@ -283,6 +284,89 @@ impl AsyncExitStack {
         self.entry().push_resource(resource)
     }
 
+    /// [`push_resource`](Self::push_resource), also handing back a [`Key`]
+    /// with which [`take`](Self::take) can unregister the resource and give
+    /// it back owned, or [`get_mut`](Self::get_mut) lend it again.
+    ///
+    /// Costs one allocation more than `push_resource` (the entry's options).
+    pub fn push_keyed<T: AsyncExit>(&self, resource: T) -> (Key<T>, &mut T) {
+        self.entry().push_keyed(resource)
+    }
+
+    /// [`enter_async_context`](Self::enter_async_context), also handing back
+    /// a [`Key`] for [`take`](Self::take) and [`get_mut`](Self::get_mut).
+    ///
+    /// Python's "enter several; keep them only if all succeeded" idiom
+    /// (`stack.pop_all()`), with the resources handed back:
+    ///
+    /// ```
+    /// # #[cfg(feature = "fs")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use tokio::fs::File;
+    /// use tokio_exit_stack::{acquire, scope};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let names = ["a", "b", "c"].map(|n| dir.path().join(n));
+    /// // If any create fails, the files created so far are closed; if all
+    /// // succeed, they are taken out of the stack and outlive the scope.
+    /// let files: Vec<File> = scope(async |stack| {
+    ///     let mut keys = Vec::new();
+    ///     for name in &names {
+    ///         let (key, _file) = stack.enter_keyed(acquire(File::create(name))).await?;
+    ///         keys.push(key);
+    ///     }
+    ///     Ok(keys.into_iter().filter_map(|key| stack.take(key)).collect())
+    /// })
+    /// .await?;
+    /// assert_eq!(files.len(), 3);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "fs"))] fn main() {}
+    /// ```
+    pub async fn enter_keyed<C: AsyncEnter>(&self, cm: C) -> Result<(Key<C::Resource>, &mut C::Resource), C::Error> {
+        self.entry().enter_keyed(cm).await
+    }
+
+    /// Takes a keyed resource back out of the stack, its exit unregistered:
+    /// from here on it is the caller's, to keep, move into a spawned task,
+    /// or release. The analogue of scopeguard's `into_inner` and
+    /// tokio-util's `DropGuard::disarm`.
+    ///
+    /// `None` if the key is of another stack (one made by
+    /// [`pop_all`](Self::pop_all) keeps its entries' keys valid), or names
+    /// a member of a group (a group's members are released with it).
+    /// Costs a search of the entries, newest first, and the removal.
+    ///
+    /// ```
+    /// # #[cfg(feature = "net")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use tokio::io::AsyncWriteExt;
+    /// use tokio_exit_stack::{acquire, AsyncExitStack};
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let mut stack = AsyncExitStack::new();
+    /// let (key, _conn) = stack
+    ///     .enter_keyed(acquire(tokio::net::TcpStream::connect(listener.local_addr()?)))
+    ///     .await?;
+    /// // Hand the connection to a task of its own, with a stack of its own.
+    /// let mut conn = stack.take(key).expect("registered here");
+    /// tokio::spawn(async move { conn.write_all(b"hello").await }).await??;
+    /// stack.aclose().await?; // the connection is no longer this stack's
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "net"))] fn main() {}
+    /// ```
+    pub fn take<T: 'static>(&mut self, key: Key<T>) -> Option<T> {
+        self.registry.take_keyed(key.id)
+    }
+
+    /// Lends a keyed resource again, after the borrow its registration
+    /// returned has ended (for example on a stack made by
+    /// [`pop_all`](Self::pop_all)). `None` as for [`take`](Self::take).
+    pub fn get_mut<T: 'static>(&mut self, key: &Key<T>) -> Option<&mut T> {
+        self.registry.keyed_mut(key.id)
+    }
+
     /// Registers `value`, whose cleanup is its `Drop` (a permit, a guard, a
     /// temporary directory), in the same LIFO order as every other entry,
     /// and lends it to the caller.
@@ -491,6 +575,103 @@ impl Drop for AsyncExitStack {
     }
 }
 
+/// A stack is itself a resource, as in Python, where an `AsyncExitStack`
+/// is an async context manager: register one stack on another
+/// (`outer.push_resource(inner)`, or `enter_async_context`) to hand its
+/// entries to an owner that lives longer, or to nest them as a unit.
+///
+/// When the outer stack reaches it, the inner stack unwinds told the outer
+/// pending error, exactly as its own `aclose` would, and the outer chain
+/// then holds what CPython's gives for an `ExitStack` entered in another:
+/// the inner errors as their own links, none twice. If an inner exit
+/// suppressed the outer pending error, the inner stack suppresses it. The
+/// inner stack's entries without close bounds of their own get the outer
+/// entry's ([`Linger`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tokio_exit_stack::AsyncExitStack;
+///
+/// let mut outer = AsyncExitStack::new();
+/// let inner = AsyncExitStack::new();
+/// inner.callback(|| Err::<(), _>(std::io::Error::other("inner cleanup failed")));
+/// outer.push_resource(inner); // unwound as one entry of `outer`
+/// outer.callback(|| Err::<(), _>(std::fmt::Error));
+/// let err = outer.aclose().await.unwrap_err();
+/// assert_eq!(err.len(), 2); // each error its own link, newest first
+/// assert!(err.oldest().is::<std::fmt::Error>());
+/// assert_eq!(err.newest().to_string(), "inner cleanup failed");
+/// # }
+/// ```
+#[async_trait::async_trait]
+impl AsyncExit for AsyncExitStack {
+    async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
+        if self.linger.is_none() {
+            self.linger = pending.linger.clone();
+        }
+        let told = Chain::told(pending.chain.clone());
+        let was_pending = pending.is_err();
+        match self.unwind(told, Reason::Nested).await {
+            Ok(Some(_suppressor)) if was_pending => Ok(Flow::Suppress),
+            Ok(_) => Ok(Flow::Propagate),
+            // Nothing new: the pending error goes on unchanged.
+            Err(e) if e.is_exactly(pending.chain.as_deref().unwrap_or_default()) => Ok(Flow::Propagate),
+            Err(e) => Err(Box::new(e)),
+        }
+    }
+
+    fn label(&self) -> Cow<'static, str> {
+        Cow::Owned(format!("AsyncExitStack({})", self.site))
+    }
+
+    fn needs_runtime(&self) -> bool {
+        self.unwind_timeout.is_some() || self.registry.needs_runtime()
+    }
+
+    /// No runtime is left: the outer stack reports this stack as a
+    /// cleanup that could not run; here its sync entries still run, and
+    /// its async ones get their own `abandon`.
+    fn abandon(mut self: Box<Self>) {
+        let entries = self.registry.take();
+        let mut unwind = Unwind::new(
+            entries,
+            Chain::default(),
+            Reason::Drop,
+            Mode::Background,
+            self.site,
+            None,
+            None,
+        );
+        unwind.abandon(AbandonCause::Dropped);
+        let _reported_by_the_outer_stack = unwind.best_effort();
+    }
+}
+
+/// Names one resource registered with
+/// [`push_keyed`](AsyncExitStack::push_keyed) or
+/// [`enter_keyed`](AsyncExitStack::enter_keyed), to take it back out of the
+/// stack ([`take`](AsyncExitStack::take)) or lend it again
+/// ([`get_mut`](AsyncExitStack::get_mut)).
+///
+/// A key is unique in the process, typed, and consumed by `take`, so a key
+/// of another stack, or of a resource already taken, can only ever give
+/// `None`. Eight bytes; not `Clone`.
+#[must_use = "without its key, a keyed resource can no longer be taken back"]
+pub struct Key<T> {
+    id: NonZeroU64,
+    resource: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Key<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Key")
+            .field(&self.id)
+            .field(&std::any::type_name::<T>())
+            .finish()
+    }
+}
+
 /// Options for one registration, from [`AsyncExitStack::entry`].
 ///
 /// Has the same registering methods as the stack; each consumes the
@@ -557,6 +738,26 @@ impl<'s> EntryBuilder<'s> {
     /// [`AsyncExitStack::push_resource`] with these options.
     pub fn push_resource<T: AsyncExit>(self, resource: T) -> &'s mut T {
         self.registry.register_async(resource, self.options)
+    }
+
+    /// [`AsyncExitStack::push_keyed`] with these options.
+    pub fn push_keyed<T: AsyncExit>(mut self, resource: T) -> (Key<T>, &'s mut T) {
+        let key = Registry::new_key();
+        self.options.key = Some(key);
+        let resource = self.registry.register_async(resource, self.options);
+        (
+            Key {
+                id: key,
+                resource: PhantomData,
+            },
+            resource,
+        )
+    }
+
+    /// [`AsyncExitStack::enter_keyed`] with these options.
+    pub async fn enter_keyed<C: AsyncEnter>(self, cm: C) -> Result<(Key<C::Resource>, &'s mut C::Resource), C::Error> {
+        let resource = cm.enter().await?;
+        Ok(self.push_keyed(resource))
     }
 
     /// [`AsyncExitStack::enter_context`] with these options.
@@ -828,6 +1029,26 @@ mod tests {
         let mut moved = stack.pop_all();
         block_on(moved.aclose()).unwrap();
         assert_eq!(closed.load(Ordering::SeqCst), 2 + 3 + 5);
+    }
+
+    #[test]
+    fn keyed_resources_are_lent_again_and_taken_back_once() {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let mut stack = AsyncExitStack::new();
+        let (key, r) = stack.push_keyed(Resource {
+            data: vec![1],
+            closed: closed.clone(),
+        });
+        r.data.push(2);
+        for _ in 0..10 {
+            stack.callback(|| {});
+        }
+        let mut moved = stack.pop_all();
+        moved.get_mut(&key).unwrap().data.push(3);
+        let taken = moved.take(key).unwrap();
+        assert_eq!(taken.data, [1, 2, 3]);
+        block_on(moved.aclose()).unwrap();
+        assert_eq!(closed.load(Ordering::SeqCst), 0, "taken: its exit is unregistered");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(crate) enum Reason {
     ScopeEnd,
     Drop,
     Cancel,
+    /// A stack registered on another, unwound as its entry.
+    Nested,
 }
 
 impl Reason {
@@ -49,6 +51,7 @@ impl Reason {
             Self::ScopeEnd => "scope end",
             Self::Drop => "drop",
             Self::Cancel => "cancel",
+            Self::Nested => "nested",
         }
     }
 }
@@ -736,6 +739,30 @@ impl Unwind {
     }
 
     fn lose_here(&mut self, why: Lost) {
+        let not_run = self.best_effort();
+        let counted = self.tracker.is_none();
+        if not_run.is_empty() {
+            if counted {
+                background::record_finished(self.failed);
+            }
+        } else {
+            error!(
+                site = %self.site,
+                reason = why.as_str(),
+                not_run = ?not_run,
+                "{} cleanup(s) could not run and were dropped with synchronous best effort",
+                not_run.len(),
+            );
+            if counted {
+                background::record_lost();
+            }
+        }
+    }
+
+    /// Synchronous best effort, reporting nothing: sync entries run, async
+    /// ones get `abandon()`; returns the labels of those that could not
+    /// run. For a nested stack abandoned by its outer one, which reports.
+    pub(crate) fn best_effort(&mut self) -> Vec<Cow<'static, str>> {
         self.done = true;
         let mut not_run: Vec<Cow<'static, str>> = Vec::new();
         if let Some(flight) = self.current.take() {
@@ -760,23 +787,7 @@ impl Unwind {
                 Exit::Group(group) => self.entries.extend(group.into_box().registry.take()),
             }
         }
-        let counted = self.tracker.is_none();
-        if not_run.is_empty() {
-            if counted {
-                background::record_finished(self.failed);
-            }
-        } else {
-            error!(
-                site = %self.site,
-                reason = why.as_str(),
-                not_run = ?not_run,
-                "{} cleanup(s) could not run and were dropped with synchronous best effort",
-                not_run.len(),
-            );
-            if counted {
-                background::record_lost();
-            }
-        }
+        not_run
     }
 
     /// Moves the unfinished part out, leaving `self` done.

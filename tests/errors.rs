@@ -414,3 +414,60 @@ both_flavours! {
         assert_eq!(format!("{err:#}"), "flush failed: disk full");
     }
 }
+
+both_flavours! {
+    /// A stack registered on another unwinds told the outer pending error,
+    /// and the outer chain is CPython's for an `ExitStack` entered in
+    /// another: the inner errors as their own links, none twice.
+    async fn s37_a_stack_entered_in_another_chains_as_cpython_does() {
+        let err = scope(async |outer| {
+            outer.callback(|| Err::<(), _>(e("outer callback")));
+            let inner = AsyncExitStack::new();
+            inner.callback(|| Err::<(), _>(e("inner callback 1")));
+            inner.push_async_exit(chaining("inner exit"));
+            inner.callback(|| Err::<(), _>(e("inner callback 2")));
+            outer.enter_async_context(inner).await?;
+            outer.push_async_exit(chaining("outer exit"));
+            Err(e("body"))?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(links(&err), cpython("stack_in_stack"));
+        assert_eq!(err.len(), 4);
+    }
+}
+
+both_flavours! {
+    /// An inner stack that adds nothing hands the pending error on as it
+    /// is; one whose exit suppresses it suppresses it for the outer stack.
+    async fn s37_a_stack_entered_in_another_propagates_or_suppresses_the_outer_error() {
+        let told = Arc::new(Mutex::new(None));
+        let seen = told.clone();
+        let err = scope(async |outer| {
+            let inner = AsyncExitStack::new();
+            inner.push_exit(move |pending| {
+                *seen.lock().unwrap() = pending.error().map(|e| e.to_string());
+                Ok::<_, io::Error>(Flow::Propagate)
+            });
+            outer.push_resource(inner);
+            Err(e("body"))?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(links(&err), "body");
+        assert_eq!(told.lock().unwrap().as_deref(), Some("body"), "the inner exit was told");
+
+        let value = scope_suppressible(async |outer| {
+            let inner = AsyncExitStack::new();
+            inner.push_exit(|_| Ok::<_, io::Error>(Flow::Suppress));
+            outer.push_resource(inner);
+            Err(e("body"))?;
+            Ok(1)
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, None, "suppressed by the inner stack");
+    }
+}

@@ -89,8 +89,26 @@ async def bpo_20317():
         raise E("exc 1")
 
 
+async def stack_in_stack():
+    async with AsyncExitStack() as outer:
+        outer.push_async_callback(raising("outer callback"))
+        inner = AsyncExitStack()
+        inner.push_async_callback(raising("inner callback 1"))
+        inner.push_async_exit(chaining("inner exit"))
+        inner.push_async_callback(raising("inner callback 2"))
+        await outer.enter_async_context(inner)
+        outer.push_async_exit(chaining("outer exit"))
+        raise E("body")
+
+
 async def main():
-    for name, scenario in [("nested_two", nested_two), ("nested_three", nested_three), ("bpo_20317", bpo_20317)]:
+    scenarios = [
+        ("nested_two", nested_two),
+        ("nested_three", nested_three),
+        ("bpo_20317", bpo_20317),
+        ("stack_in_stack", stack_in_stack),
+    ]
+    for name, scenario in scenarios:
         try:
             await scenario()
         except E as exc:
