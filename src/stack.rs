@@ -185,6 +185,7 @@ impl AsyncExitStack {
     /// let tracker = TaskTracker::new();
     /// let mut stack = tokio_exit_stack::AsyncExitStack::new();
     /// stack.set_tracker(tracker.clone());
+    /// stack.set_cancellable(true); // owned by a request a timeout may drop
     /// stack.push_async_callback(|| tokio::time::sleep(std::time::Duration::from_millis(5)));
     /// drop(stack); // cleanup runs in a task of `tracker`
     /// assert_eq!(tracker.len(), 1);
@@ -1054,7 +1055,8 @@ mod tests {
     #[test]
     fn a_stack_dropped_without_a_runtime_frees_every_entry() {
         let closed = Arc::new(AtomicUsize::new(0));
-        let stack = AsyncExitStack::new();
+        let mut stack = AsyncExitStack::new();
+        stack.set_cancellable(true); // dropped on purpose, also in strict mode
         let r = stack.push_resource(Resource {
             data: vec![1, 2, 3],
             closed: closed.clone(),

@@ -316,7 +316,7 @@ both_flavours! {
         let _guard = capture.install();
         let stack = AsyncExitStack::new();
         stack.callback(|| ());
-        drop(stack);
+        common::drop_forgotten(stack);
         let mut stack = AsyncExitStack::new();
         stack.set_cancellable(true);
         stack.callback(|| ());

@@ -57,7 +57,7 @@ async fn s18_a_panic_in_background_cleanup_is_an_error_event_only() {
         let _ = tx.send(());
     });
     stack.entry().label("bad hook").callback(|| boom("boom in background"));
-    drop(stack);
+    common::drop_forgotten(stack);
     rx.await.unwrap(); // the older entry still ran
     let error = capture
         .events()
@@ -160,7 +160,7 @@ fn s22_a_stack_dropped_with_no_runtime_does_sync_best_effort_and_reports_the_res
         l.push(format!("sync exit told abandoned={}", pending.is_abandoned()));
         Ok::<_, BoxError>(Flow::Propagate)
     });
-    drop(stack);
+    common::drop_forgotten(stack);
     assert_eq!(log.take(), ["sync exit told abandoned=true", "sync callback ran"]);
     let error = capture
         .events()
@@ -187,7 +187,7 @@ fn s22_a_stack_outliving_its_runtime_reports_the_lost_cleanup() {
         .label("needs the runtime")
         .push_async_callback(|| async {});
     drop(rt);
-    drop(stack); // must not panic
+    common::drop_forgotten(stack); // must not panic
     let error = capture
         .events()
         .into_iter()
@@ -208,7 +208,7 @@ fn s22_sync_only_entries_are_released_inline_without_a_runtime() {
     let permit = semaphore.clone().try_acquire_owned().unwrap();
     stack.enter_context(permit);
     assert_eq!(semaphore.available_permits(), 0);
-    drop(stack);
+    common::drop_forgotten(stack);
     assert_eq!(semaphore.available_permits(), 1, "released inline at the drop");
 }
 

@@ -60,7 +60,7 @@ both_flavours! {
         for name in ["a", "b", "c"] {
             record(&stack, name, &log);
         }
-        drop(stack); // never blocks: nothing has run yet on current_thread
+        common::drop_forgotten(stack); // never blocks: nothing has run yet on current_thread
         done.await.unwrap();
         assert_eq!(
             log.take(),
@@ -87,7 +87,7 @@ both_flavours! {
                     ran.fetch_add(1, Ordering::SeqCst);
                 });
             }
-            drop(stack);
+            common::drop_forgotten(stack);
             assert_eq!(metrics.num_alive_tasks(), before + 1, "one task for {size} entries");
             gate.add_permits(size);
             common::eventually("every entry ran", || ran.load(Ordering::SeqCst) == size).await;
@@ -105,7 +105,7 @@ async fn s20_a_dropped_stack_emits_a_warn_naming_its_creation_site() {
     let site = stack.site().to_string();
     assert!(site.starts_with("tests/lifecycle.rs:"), "{site}");
     let done = signal(&stack);
-    drop(stack);
+    common::drop_forgotten(stack);
     done.await.unwrap();
     let warn = capture
         .events()
@@ -150,7 +150,9 @@ fn s20_a_drop_on_a_foreign_thread_runs_on_the_creating_runtime() {
                 .await
                 .unwrap();
             let (mut server_side, _) = listener.accept().await.unwrap();
-            std::thread::spawn(move || drop(stack)).join().unwrap();
+            std::thread::spawn(move || common::drop_forgotten(stack))
+                .join()
+                .unwrap();
             // The peer sees a clean EOF: the stream's exit ran on our reactor.
             let mut buf = Vec::new();
             let n = tokio::io::AsyncReadExt::read_to_end(&mut server_side, &mut buf)
@@ -168,7 +170,8 @@ both_flavours! {
         let log = Log::default();
         let l = log.clone();
         let owner = async move {
-            let stack = AsyncExitStack::new();
+            // Owned by a future a timeout may drop: a cancellation by design.
+            let stack = common::cancellable();
             record(&stack, "first", &l);
             record(&stack, "second", &l);
             std::future::pending::<()>().await; // cancelled here
@@ -179,7 +182,7 @@ both_flavours! {
         assert!(result.is_err(), "the owner was cancelled");
         common::eventually("both entries ran", || done_log.get().len() >= 2).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(log.take(), ["second abandoned: Dropped", "first abandoned: Dropped"]);
+        assert_eq!(log.take(), ["second abandoned: Cancelled", "first abandoned: Cancelled"]);
     }
 }
 
@@ -287,7 +290,7 @@ fn s25_stacks_close_and_drop_on_both_runtime_flavours() {
             let stack = AsyncExitStack::new();
             let done = signal(&stack);
             record(&stack, "dropped", &log);
-            drop(stack);
+            common::drop_forgotten(stack);
             done.await.unwrap();
             assert_eq!(log.take(), ["closed ok", "dropped abandoned: Dropped"], "{flavour:?}");
         });

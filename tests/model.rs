@@ -8,6 +8,8 @@
 //! 1,000 cases per flavour by default; for a long run:
 //! `PROPTEST_CASES=100000 cargo test --release --test model`.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -406,7 +408,7 @@ async fn run(p: &Program, trace: &Trace, paused: bool, polls: usize) -> Option<O
         Cancel::DropStack => {
             let stack = AsyncExitStack::new();
             register(&stack, p, 0..p.entries.len(), trace, paused);
-            drop(stack);
+            common::drop_forgotten(stack);
             None
         }
     }

@@ -80,7 +80,7 @@ async fn s26_timeouts_are_warn_events_and_dropped_stacks_unwind_with_reason_drop
     stack.push_async_callback(move || async move {
         let _ = tx.send(());
     });
-    drop(stack);
+    common::drop_forgotten(stack);
     rx.await.unwrap();
     tokio::task::yield_now().await;
     let spans = capture.spans();
@@ -145,12 +145,12 @@ fn s20_background_cleanup_reaches_a_scoped_subscriber_inside_its_requests_span()
     tracing::subscriber::with_default(subscriber, || {
         rt.block_on(async {
             let request = async {
-                let stack = AsyncExitStack::new();
+                let stack = common::cancellable();
                 stack.push_async_callback(|| async {
                     tokio::task::yield_now().await;
                     tracing::info!("released the request's connection");
                 });
-                drop(stack); // forgotten aclose: cleanup goes to the background
+                drop(stack); // cleanup goes to the background
             };
             request.instrument(tracing::info_span!("request", id = 7)).await;
             tokio_exit_stack::drain(Duration::from_secs(30)).await;

@@ -63,7 +63,7 @@ both_flavours! {
         stack.aclose().await.unwrap();
         check(&closed);
         // 100 + 100 through a stack dropped without aclose
-        let stack = AsyncExitStack::new();
+        let stack = common::cancellable();
         let (tx, done) = oneshot::channel();
         stack.push_async_callback(move || async move {
             let _ = tx.send(());

@@ -95,7 +95,7 @@ both_flavours! {
 both_flavours! {
     async fn s27_a_thousand_connections_close_cleanly_when_the_stack_is_dropped() {
         let (addr, ends) = counting_server().await;
-        let stack = AsyncExitStack::new();
+        let stack = common::cancellable();
         let (tx, done) = oneshot::channel();
         stack.push_async_callback(move || async move {
             let _ = tx.send(());

@@ -61,7 +61,7 @@ both_flavours! {
 /// A dropped stack's pending error is "abandoned": the child is killed too.
 #[tokio::test]
 async fn s31_a_child_in_an_abandoned_stack_is_killed_and_reaped() {
-    let stack = AsyncExitStack::new();
+    let stack = common::cancellable();
     let (tx, done) = oneshot::channel();
     stack.push_async_callback(move || async move {
         let _ = tx.send(());
@@ -243,7 +243,7 @@ fn s31_a_child_abandoned_with_no_runtime_is_reaped_not_left_a_zombie() {
         .build()
         .unwrap();
     let (stack, pid) = rt.block_on(async {
-        let stack = AsyncExitStack::new();
+        let stack = common::cancellable();
         let child = stack.push_resource(Command::new("sleep").arg("1000").spawn().unwrap());
         let pid = child.id().unwrap();
         (stack, pid)

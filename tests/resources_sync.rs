@@ -33,7 +33,7 @@ both_flavours! {
         assert_eq!(semaphore.available_permits(), PERMITS, "after aclose");
 
         // drop: released inline, no task spawned
-        let stack = AsyncExitStack::new();
+        let stack = common::cancellable();
         take_three(&stack, &semaphore).await;
         let tasks = metrics.num_alive_tasks();
         drop(stack);
@@ -56,7 +56,7 @@ both_flavours! {
         // the owning future cancelled
         let s = semaphore.clone();
         let owner = async move {
-            let stack = AsyncExitStack::new();
+            let stack = common::cancellable();
             take_three(&stack, &s).await;
             std::future::pending::<()>().await;
             drop(stack);
@@ -70,7 +70,7 @@ both_flavours! {
     async fn s30_a_closed_semaphore_is_the_enter_error_and_registers_nothing() {
         let semaphore = Arc::new(Semaphore::new(1));
         semaphore.close();
-        let stack = AsyncExitStack::new();
+        let stack = common::cancellable();
         assert!(stack.enter_async_context(semaphore).await.is_err());
         assert!(stack.is_empty());
     }
@@ -90,7 +90,7 @@ both_flavours! {
         assert_eq!(*mutex.try_lock().unwrap(), 1);
         assert_eq!(*rwlock.try_read().unwrap(), "written");
 
-        let stack = AsyncExitStack::new();
+        let stack = common::cancellable();
         stack.enter_async_context(mutex.clone()).await.unwrap();
         stack.enter_async_context(rwlock.clone().read_owned().await).await.unwrap();
         drop(stack);

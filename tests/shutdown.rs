@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::Capture;
-use tokio_exit_stack::{AsyncExitStack, DrainReport, drain};
+use tokio_exit_stack::{DrainReport, drain};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
@@ -38,7 +38,7 @@ fn reset() {
 /// that takes 10 ms; `drain` waits for all of them.
 #[test]
 fn s23_drain_lets_ten_thousand_background_cleanups_finish_before_main_returns() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for multi in [false, true] {
         reset();
         let report = runtime(multi).block_on(async {
@@ -46,7 +46,7 @@ fn s23_drain_lets_ten_thousand_background_cleanups_finish_before_main_returns() 
             // a report counts what ended during its call.
             let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
             for _ in 0..10_000 {
-                let stack = AsyncExitStack::new();
+                let stack = common::cancellable();
                 let gate = gate.clone();
                 stack.push_async_callback(|| async move {
                     let _pass = gate.acquire().await;
@@ -80,13 +80,13 @@ fn s23_drain_lets_ten_thousand_background_cleanups_finish_before_main_returns() 
 /// the `lost` count), never silent, and nothing panics.
 #[test]
 fn s23_without_drain_cleanups_lost_to_shutdown_are_reported() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     reset();
     let capture = Capture::default();
     let _guard = capture.install();
     runtime(false).block_on(async {
         for i in 0..10_000 {
-            let stack = AsyncExitStack::new();
+            let stack = common::cancellable();
             stack
                 .entry()
                 .label(format!("slow cleanup {i}"))
@@ -116,12 +116,12 @@ fn s23_without_drain_cleanups_lost_to_shutdown_are_reported() {
 /// runtime shuts down during its wait.
 #[test]
 fn s23_a_drain_on_another_runtime_counts_cleanups_lost_to_a_shutdown_during_its_wait() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     reset();
     let doomed = runtime(false);
     doomed.block_on(async {
         for _ in 0..100 {
-            let stack = AsyncExitStack::new();
+            let stack = common::cancellable();
             stack.push_async_callback(|| tokio::time::sleep(Duration::from_secs(3600)));
             drop(stack);
         }
@@ -160,7 +160,7 @@ fn s23_a_drain_on_another_runtime_counts_cleanups_lost_to_a_shutdown_during_its_
 /// wait: neither waits out its deadline, neither takes the other's counts.
 #[test]
 fn s23_concurrent_drains_each_end_when_the_work_is_done_and_count_it_all() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     reset();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -169,7 +169,7 @@ fn s23_concurrent_drains_each_end_when_the_work_is_done_and_count_it_all() {
         .unwrap();
     rt.block_on(async {
         for _ in 0..100 {
-            let stack = AsyncExitStack::new();
+            let stack = common::cancellable();
             stack.push_async_callback(|| tokio::time::sleep(Duration::from_millis(300)));
             drop(stack);
         }
@@ -195,7 +195,7 @@ fn s23_concurrent_drains_each_end_when_the_work_is_done_and_count_it_all() {
 /// process-wide `drain` neither waits for it nor counts it.
 #[test]
 fn s23_a_callers_task_tracker_tracks_the_stacks_background_cleanup() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     reset();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -205,7 +205,7 @@ fn s23_a_callers_task_tracker_tracks_the_stacks_background_cleanup() {
     rt.block_on(async {
         let tracker = tokio_util::task::TaskTracker::new();
         for _ in 0..10 {
-            let mut stack = AsyncExitStack::new();
+            let mut stack = common::cancellable();
             stack.set_tracker(tracker.clone());
             stack.push_async_callback(|| async {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -234,14 +234,14 @@ fn s23_a_callers_task_tracker_tracks_the_stacks_background_cleanup() {
 /// flavours.
 #[test]
 fn s35_a_stack_whose_runtime_is_gone_cleans_up_in_the_runtime_it_is_dropped_in() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for multi in [false, true] {
         reset();
         let capture = Capture::default();
         let _guard = capture.install();
         let first = runtime(multi);
         let stack = first.block_on(async {
-            let stack = AsyncExitStack::new();
+            let stack = common::cancellable();
             stack.push_async_callback(|| async {
                 tokio::task::yield_now().await;
                 FINISHED.fetch_add(1, Ordering::SeqCst);
@@ -264,10 +264,10 @@ fn s35_a_stack_whose_runtime_is_gone_cleans_up_in_the_runtime_it_is_dropped_in()
 /// runtime shut down.
 #[test]
 fn s35_a_cleanup_lost_with_no_runtime_gives_that_reason() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let capture = Capture::default();
     let _guard = capture.install();
-    let stack = AsyncExitStack::new();
+    let stack = common::cancellable();
     stack.entry().label("needs a runtime").push_async_callback(|| async {});
     drop(stack);
     let lost: Vec<_> = capture
@@ -288,7 +288,7 @@ fn s35_a_cleanup_lost_with_no_runtime_gives_that_reason() {
 /// paused clock.
 #[test]
 fn s23_a_drain_deadline_reports_the_cleanups_it_cut_off() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     reset();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -297,7 +297,7 @@ fn s23_a_drain_deadline_reports_the_cleanups_it_cut_off() {
         .unwrap();
     rt.block_on(async {
         for secs in [1, 2, 10, 20] {
-            let stack = AsyncExitStack::new();
+            let stack = common::cancellable();
             stack.push_async_callback(move || tokio::time::sleep(Duration::from_secs(secs)));
             drop(stack);
         }

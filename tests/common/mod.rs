@@ -231,3 +231,29 @@ pub fn connections(want: usize) -> usize {
     );
     n.max(1)
 }
+
+/// A stack the test drops on purpose, to exercise the background path: it
+/// declares its drop a normal cancellation (`set_cancellable`), so strict
+/// mode (`TOKIO_EXIT_STACK_STRICT=1`) does not panic for it. The creation
+/// site is the caller's.
+#[track_caller]
+pub fn cancellable() -> tokio_exit_stack::AsyncExitStack {
+    let mut stack = tokio_exit_stack::AsyncExitStack::new();
+    stack.set_cancellable(true);
+    stack
+}
+
+/// Drops a stack that forgot its `aclose`, on purpose: the path the WARN
+/// event and strict mode exist for. With strict mode on, the drop of a
+/// stack holding entries must panic here (after handing the cleanup off);
+/// this checks that it does exactly then, and carries on.
+#[track_caller]
+pub fn drop_forgotten(stack: tokio_exit_stack::AsyncExitStack) {
+    let holds_entries = !stack.is_empty();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(stack))).is_err();
+    assert_eq!(
+        panicked,
+        tokio_exit_stack::is_strict() && holds_entries,
+        "a forgotten aclose panics at the drop site in strict mode, and only then"
+    );
+}
