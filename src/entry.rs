@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::error::BoxError;
+use crate::error::{BoxError, panic_message};
 use crate::group::ExitGroup;
 use crate::linger::Linger;
 use crate::owned::{self, Owned};
@@ -108,7 +108,14 @@ impl Entry {
             || match &self.exit {
                 Exit::Async(exit) => {
                     let exit = exit.get();
-                    catch_unwind(AssertUnwindSafe(|| exit.needs_runtime())).unwrap_or(true)
+                    catch_unwind(AssertUnwindSafe(|| exit.needs_runtime())).unwrap_or_else(|payload| {
+                        tracing::error!(
+                            resource = exit.type_name(),
+                            panic = %panic_message(&*payload),
+                            "AsyncExit::needs_runtime panicked; the entry is run as one that needs a runtime",
+                        );
+                        true
+                    })
                 }
                 Exit::Sync(_) => false,
                 Exit::Group(group) => group.get().needs_runtime(),
@@ -323,7 +330,14 @@ where
 /// An exit's own label, or its type name if `label` panics (user code: a
 /// panic there must not lose the entry).
 pub(crate) fn label_of(exit: &dyn ErasedExit) -> Cow<'static, str> {
-    catch_unwind(AssertUnwindSafe(|| exit.label())).unwrap_or(Cow::Borrowed(exit.type_name()))
+    catch_unwind(AssertUnwindSafe(|| exit.label())).unwrap_or_else(|payload| {
+        tracing::error!(
+            resource = exit.type_name(),
+            panic = %panic_message(&*payload),
+            "AsyncExit::label panicked; the entry is named by its type",
+        );
+        Cow::Borrowed(exit.type_name())
+    })
 }
 
 /// The type-erased form of every async entry: an entered resource (any

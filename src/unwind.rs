@@ -28,7 +28,7 @@ use tracing::{Dispatch, Instrument as _, Span, debug, debug_span, error, field, 
 
 use crate::background;
 use crate::entry::{Entry, Exit, ExitFuture};
-use crate::error::{Abandoned, BoxError, Chain, Error, PanicError, TimeoutError};
+use crate::error::{Abandoned, BoxError, Chain, Error, PanicError, TimeoutError, panic_message};
 use crate::group::ExitGroup;
 use crate::linger::Linger;
 use crate::traits::{Flow, Pending};
@@ -766,8 +766,10 @@ impl Unwind {
         self.done = true;
         let mut not_run: Vec<Cow<'static, str>> = Vec::new();
         if let Some(flight) = self.current.take() {
+            if let Some(payload) = drop_caught(flight.work) {
+                self.report_panic(&flight.label, "its Drop", &*payload);
+            }
             not_run.push(flight.label);
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(flight.work)));
         }
         while let Some(entry) = self.entries.pop() {
             match entry.exit {
@@ -779,8 +781,10 @@ impl Unwind {
                         .options
                         .and_then(|o| o.label)
                         .unwrap_or_else(|| crate::entry::label_of(exit.get()));
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || exit.into_box().abandon())) {
+                        self.report_panic(&label, "AsyncExit::abandon (or its Drop)", &*payload);
+                    }
                     not_run.push(label);
-                    let _ = catch_unwind(AssertUnwindSafe(move || exit.into_box().abandon()));
                 }
                 // Its members are lost or run like plain entries, newest
                 // first.
@@ -788,6 +792,13 @@ impl Unwind {
             }
         }
         not_run
+    }
+
+    /// Reports a panic caught where no outcome can carry it (a best-effort
+    /// release): an ERROR event naming the entry and what panicked.
+    fn report_panic(&mut self, label: &str, what: &str, payload: &(dyn Any + Send)) {
+        self.failed = true;
+        error!(resource = %label, site = %self.site, panic = %panic_message(payload), "{what} panicked while the cleanup was dropped with synchronous best effort");
     }
 
     /// Moves the unfinished part out, leaving `self` done.
@@ -867,15 +878,5 @@ fn flatten(outcome: Result<Result<Flow, BoxError>, Box<dyn Any + Send>>) -> Resu
         Ok(Ok(flow)) => Ok(flow),
         Ok(Err(e)) => Err(Fail::Error(e)),
         Err(payload) => Err(Fail::Panic(payload)),
-    }
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }

@@ -350,3 +350,184 @@ fn s20_a_scope_binds_to_the_runtime_it_first_runs_in() {
     let report = rt.block_on(tokio_exit_stack::drain(Duration::from_secs(5)));
     assert!(released.load(Ordering::SeqCst), "{report:?}");
 }
+
+/// Which method of [`Panicky`] panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Exit,
+    Label,
+    NeedsRuntime,
+    Abandon,
+    /// `Drop`, reached when the exit timed out (or, with no runtime, after
+    /// `abandon`).
+    Drop,
+}
+
+/// Where the stack holding it is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    Aclose,
+    Scope,
+    /// Dropped inside a runtime: cleaned up in the background.
+    Dropped,
+    /// Dropped with no runtime: synchronous best effort.
+    DroppedNoRuntime,
+}
+
+/// A user resource whose one method panics; its exit never ends when its
+/// `Drop` is the fault (so its timeout drops it).
+struct Panicky(Fault);
+
+#[async_trait]
+impl AsyncExit for Panicky {
+    async fn exit(self: Box<Self>, _: Pending) -> Result<Flow, BoxError> {
+        match self.0 {
+            Fault::Exit => panic!("Panicky::exit panicked"),
+            Fault::Drop => std::future::pending().await,
+            _ => Ok(Flow::Propagate),
+        }
+    }
+    fn label(&self) -> Cow<'static, str> {
+        assert!(self.0 != Fault::Label, "Panicky::label panicked");
+        Cow::Borrowed("Panicky resource")
+    }
+    fn needs_runtime(&self) -> bool {
+        assert!(self.0 != Fault::NeedsRuntime, "Panicky::needs_runtime panicked");
+        true
+    }
+    fn abandon(self: Box<Self>) {
+        assert!(self.0 != Fault::Abandon, "Panicky::abandon panicked");
+    }
+}
+
+impl Drop for Panicky {
+    fn drop(&mut self) {
+        if self.0 == Fault::Drop && !std::thread::panicking() {
+            panic!("Panicky::drop panicked");
+        }
+    }
+}
+
+/// Builds a stack: a counted callback, the faulty resource (with a timeout
+/// when its `Drop` is the fault), another counted callback.
+fn panicky_stack(stack: &AsyncExitStack, fault: Fault, ran: &Arc<AtomicUsize>) {
+    let r = ran.clone();
+    stack.callback(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    let entry = stack.entry();
+    let entry = if fault == Fault::Drop {
+        entry.timeout(Duration::from_millis(10))
+    } else {
+        entry
+    };
+    entry.push_resource(Panicky(fault));
+    let r = ran.clone();
+    stack.push_async_callback(move || async move {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+}
+
+/// Every trait method of a user resource that panics, in `aclose`, in a
+/// scope, and in a dropped stack (with and without a runtime): every other
+/// entry runs once, the panic is reported naming the entry, and nothing
+/// panics out of a `Drop`. (A method the path never calls is skipped:
+/// `abandon` runs only without a runtime, `needs_runtime` only at a drop.)
+#[test]
+fn s33_every_trait_method_that_panics_is_contained_reported_and_skips_nothing() {
+    use futures_util::FutureExt as _;
+    let faults = [
+        Fault::Exit,
+        Fault::Label,
+        Fault::NeedsRuntime,
+        Fault::Abandon,
+        Fault::Drop,
+    ];
+    let releases = [
+        Release::Aclose,
+        Release::Scope,
+        Release::Dropped,
+        Release::DroppedNoRuntime,
+    ];
+    let mut checked = 0;
+    for fault in faults {
+        for release in releases {
+            let called = match fault {
+                Fault::Abandon => release == Release::DroppedNoRuntime,
+                Fault::NeedsRuntime => matches!(release, Release::Dropped | Release::DroppedNoRuntime),
+                Fault::Drop | Fault::Label => true,
+                Fault::Exit => release != Release::DroppedNoRuntime,
+            };
+            if !called {
+                continue;
+            }
+            let case = format!("{fault:?} in {release:?}");
+            let capture = Capture::default();
+            let _guard = capture.install();
+            let ran = Arc::new(AtomicUsize::new(0));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let outcome: Result<(), Box<dyn std::any::Any + Send>> = match release {
+                Release::Aclose => rt.block_on(async {
+                    let mut stack = AsyncExitStack::new();
+                    panicky_stack(&stack, fault, &ran);
+                    AssertUnwindSafe(stack.aclose()).catch_unwind().await.map(|_| ())
+                }),
+                Release::Scope => rt.block_on(async {
+                    AssertUnwindSafe(scope(async |stack| {
+                        panicky_stack(stack, fault, &ran);
+                        Ok(())
+                    }))
+                    .catch_unwind()
+                    .await
+                    .map(|_| ())
+                }),
+                Release::Dropped => {
+                    let dropped = rt.block_on(async {
+                        let mut stack = AsyncExitStack::new();
+                        stack.set_cancellable(true);
+                        panicky_stack(&stack, fault, &ran);
+                        let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| drop(stack)));
+                        tokio_exit_stack::drain(Duration::from_secs(5)).await;
+                        dropped
+                    });
+                    assert!(dropped.is_ok(), "{case}: the stack's Drop panicked");
+                    Ok(())
+                }
+                Release::DroppedNoRuntime => {
+                    let mut stack = AsyncExitStack::new();
+                    stack.set_cancellable(true);
+                    panicky_stack(&stack, fault, &ran);
+                    drop(rt);
+                    let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| drop(stack)));
+                    assert!(dropped.is_ok(), "{case}: the stack's Drop panicked");
+                    // The async callback cannot run without a runtime.
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            };
+            assert_eq!(ran.load(Ordering::SeqCst), 2, "{case}: every other entry ran once");
+            // A panic while the entry itself is released (its exit, or its
+            // resource's `Drop` at its timeout) is resumed by aclose and
+            // scope once every entry ran (S18); a panic in a method that
+            // only describes the entry is contained, and reported.
+            let released_by_caller = matches!(release, Release::Aclose | Release::Scope);
+            let resumed = matches!(fault, Fault::Exit | Fault::Drop) && released_by_caller;
+            assert_eq!(outcome.is_err(), resumed, "{case}");
+            let events = capture.events();
+            let named = events.iter().any(|e| {
+                e.level == tracing::Level::ERROR
+                    && e.field("resource").is_some_and(|r| r.contains("Panicky"))
+                    && e.field("panic").is_some_and(|p| p.contains("Panicky::"))
+            });
+            assert!(
+                named,
+                "{case}: an ERROR event names the entry and the panic: {events:#?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 14);
+}
