@@ -1,15 +1,19 @@
-//! A `#[tokio::main]` service stopped with work in flight, which drains its
-//! cleanups before exiting.
+//! A `#[tokio::main]` service stopped with work in flight, whose own
+//! tokio-util `TaskTracker` and `CancellationToken` do the whole shutdown,
+//! the stacks' cleanups included.
 //!
 //! Run it with `cargo run --example graceful_shutdown`.
 //!
 //! Each connection is served inside a [`scope`] holding a permit, the
-//! connection, and a journal file. At shutdown the handlers are aborted
-//! mid-request: their futures are dropped, so their stacks clean up in the
+//! connection, and a journal file, and its stack is tracked by the
+//! service's tracker (`set_tracker`). At shutdown the token is cancelled:
+//! each handler drops its scope mid-request, so its stack cleans up in the
 //! background (journal flushed, connection shut down cleanly, permit
-//! released), and `main` waits for that with [`drain`] before returning.
-//! Without the `drain`, those cleanups would be cut off when the runtime
-//! shuts down (and reported as ERROR events, not lost silently).
+//! released) in a task of that same tracker, and `tracker.wait()` covers
+//! it. Without a tracker of your own, [`drain`] at the end of `main` does
+//! the same for every stack in the process. Either way, a cleanup cut off
+//! when the runtime shuts down is reported as an ERROR event, never lost
+//! silently.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,10 +24,30 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_exit_stack::{BoxError, acquire, drain, scope};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Serves one connection: journals every line it receives and acknowledges it.
-async fn serve(socket: TcpStream, id: usize, dir: Arc<tempfile::TempDir>, limit: Arc<Semaphore>) {
-    let outcome = scope(async |stack| {
+/// What every handler shares: where journals go, the connection limit, and
+/// the service's shutdown machinery.
+#[derive(Clone)]
+struct Service {
+    dir: Arc<tempfile::TempDir>,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Serves one connection until the client leaves or the service shuts
+/// down: journals every line it receives and acknowledges it.
+async fn serve(socket: TcpStream, id: usize, service: Service) {
+    let Service {
+        dir,
+        limit,
+        tracker,
+        shutdown,
+    } = service;
+    let request = scope(async |stack| {
+        stack.set_tracker(tracker); // a cancelled scope cleans up in our tracker
         let _permit = stack.enter_async_context(limit).await?;
         let socket = stack.push_resource(socket);
         let journal = dir.path().join(format!("conn-{id}.journal"));
@@ -37,10 +61,16 @@ async fn serve(socket: TcpStream, id: usize, dir: Arc<tempfile::TempDir>, limit:
             write.write_all(b"ack\n").await?;
         }
         Ok::<_, BoxError>(())
-    })
-    .await;
-    if let Err(e) = outcome {
-        eprintln!("connection {id} failed: {e}");
+    });
+    tokio::select! {
+        outcome = request => {
+            if let Err(e) = outcome {
+                eprintln!("connection {id} failed: {e}");
+            }
+        }
+        // Shutdown: the scope is dropped mid-request, and cleans up in the
+        // background, in the service's tracker.
+        () = shutdown.cancelled() => {}
     }
 }
 
@@ -71,26 +101,28 @@ async fn main() -> Result<(), BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let limit = Arc::new(Semaphore::new(64));
+    let service = Service {
+        dir: dir.clone(),
+        limit: limit.clone(),
+        tracker: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+    };
 
-    // The service: an accept loop, one handler task per connection.
-    let (d, l) = (dir.clone(), limit.clone());
-    let service = tokio::spawn(async move {
-        let mut handlers = JoinSet::new();
+    // The service: an accept loop, one tracked handler task per connection,
+    // until the token is cancelled.
+    let s = service.clone();
+    let acceptor = service.tracker.spawn(async move {
         let mut id = 0;
-        let stop = tokio::time::sleep(Duration::from_millis(150)); // stands in for ctrl-c
-        tokio::pin!(stop);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((socket, _)) = accepted else { break };
-                    handlers.spawn(serve(socket, id, d.clone(), l.clone()));
+                    s.tracker.spawn(serve(socket, id, s.clone()));
                     id += 1;
                 }
-                () = &mut stop => break,
+                () = s.shutdown.cancelled() => break,
             }
         }
-        println!("shutdown: {} handlers in flight, aborting them", handlers.len());
-        handlers.shutdown().await; // drops each handler's future mid-request
         id
     });
 
@@ -101,12 +133,21 @@ async fn main() -> Result<(), BoxError> {
         clients.spawn(client(addr, clean.clone()));
     }
 
-    let served = service.await?;
-    let report = drain(Duration::from_secs(5)).await;
+    // ctrl-c stands in here as a timer: the whole shutdown is the token
+    // and the tracker.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     println!(
-        "drained: {} cleanups finished, {} failed, {} lost, {} cut off",
-        report.finished, report.failed, report.lost, report.cut_off
+        "shutdown: {} tasks in flight (acceptor and handlers), cancelling them",
+        service.tracker.len()
     );
+    service.shutdown.cancel();
+    service.tracker.close();
+    service.tracker.wait().await; // handlers, and their stacks' cleanups
+    let served = acceptor.await?;
+    println!("tracker empty: every handler and every cleanup finished");
+    // Nothing was left to the process-wide default.
+    let report = drain(Duration::from_secs(5)).await;
+    println!("the process-wide drain had nothing to wait for: {report:?}");
     while clients.join_next().await.is_some() {}
 
     let mut journaled = 0;

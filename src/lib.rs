@@ -169,6 +169,15 @@
 //! events, panics and cleanups that could not run are ERROR events, and a
 //! stack dropped without `aclose` is a WARN event naming where it was
 //! created. Run `cargo run --example tracing` to see it.
+//!
+//! # Versions and what is not supported
+//!
+//! Rust 1.85 for the crate and every feature; tokio 1.38 or later;
+//! tokio-util 0.7.11 or later, whose `TaskTracker`
+//! [`set_tracker`](AsyncExitStack::set_tracker) takes. Resources must be
+//! `Send + 'static`, since a stack may release them in a background task on
+//! any worker thread: `!Send` resources, and futures that only run on a
+//! `LocalSet`, are not supported.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
@@ -200,3 +209,9 @@ pub use error::{AbandonCause, Abandoned, BoxError, Cause, Error, PanicError, Res
 pub use group::ExitGroup;
 pub use stack::{AsyncExitStack, EntryBuilder, Key, scope, scope_suppressible};
 pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, acquire};
+
+/// The README's examples, compiled and run as doc tests, so that every
+/// snippet there stays true.
+#[cfg(all(doctest, feature = "net", feature = "fs", feature = "sync"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

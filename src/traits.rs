@@ -196,11 +196,67 @@ impl fmt::Debug for Pending {
 
 /// The cleanup half of a resource: what runs when the stack unwinds.
 ///
-/// Implement it for your own resource types; the crate implements it for the
-/// tokio types users most often get wrong (see the crate docs' table).
-/// The stack stores exits as `Box<dyn AsyncExit>`, and calls
-/// [`exit`](Self::exit) exactly once, newest entry first, with the
-/// [`Pending`] error of that moment.
+/// A complete implementation for a resource of your own (here a database
+/// transaction that commits when the scope succeeded and rolls back
+/// otherwise), and its use:
+///
+/// ```
+/// use std::borrow::Cow;
+/// use tokio_exit_stack::{async_trait, scope, AsyncExit, BoxError, Flow, Pending};
+///
+/// struct Transaction {
+///     id: u64,
+/// }
+///
+/// impl Transaction {
+///     async fn commit(&mut self) -> std::io::Result<()> { Ok(()) }
+///     async fn roll_back(&mut self) -> std::io::Result<()> { Ok(()) }
+/// }
+///
+/// #[async_trait] // required: see "Without #[async_trait]" below
+/// impl AsyncExit for Transaction {
+///     async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
+///         if pending.is_ok() {
+///             self.commit().await?; // a failed commit becomes the pending error
+///         } else {
+///             self.roll_back().await?; // failure, cancellation, or a dropped stack
+///         }
+///         Ok(Flow::Propagate) // never hide the scope's own error
+///     }
+///
+///     fn label(&self) -> Cow<'static, str> {
+///         format!("Transaction({})", self.id).into() // names it in errors and traces
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tokio_exit_stack::Error> {
+/// let n = scope(async |stack| {
+///     let tx = stack.push_resource(Transaction { id: 7 }); // also enters as itself
+///     assert_eq!(tx.id, 7);
+///     Ok(1)
+/// })
+/// .await?; // committed here
+/// # assert_eq!(n, 1);
+/// # Ok(()) }
+/// ```
+///
+/// The crate implements it for the tokio types users most often get wrong
+/// (see the crate docs' table). The stack stores exits as
+/// `Box<dyn AsyncExit>`, and calls [`exit`](Self::exit) exactly once, newest
+/// entry first, with the [`Pending`] error of that moment.
+///
+/// # Without `#[async_trait]`
+///
+/// `exit` is an `async fn` in a trait object, which Rust supports through
+/// the [`async_trait`](macro@crate::async_trait) macro (re-exported here, so
+/// no extra dependency is needed). Leaving the attribute off the `impl`
+/// gives error E0195, "lifetime parameters or bounds on method `exit` do
+/// not match the trait declaration", which does not mention the macro: add
+/// `#[async_trait]` above the `impl`. For the same reason the rendered
+/// documentation shows `exit` as the macro's expansion, a method returning
+/// `Pin<Box<dyn Future<Output = Result<Flow, BoxError>> + Send + '_>>`;
+/// write it as the `async fn` above.
 ///
 /// # Contract
 ///
@@ -212,23 +268,11 @@ impl fmt::Debug for Pending {
 ///   down): the future is then dropped, and with it the resource.
 /// * [`abandon`](Self::abandon) is the synchronous best effort used when no
 ///   runtime can run `exit` at all. It must not block.
-///
-/// # Example
-///
-/// ```
-/// use tokio_exit_stack::{async_trait, AsyncExit, BoxError, Flow, Pending};
-///
-/// struct Transaction { committed: bool }
-///
-/// #[async_trait]
-/// impl AsyncExit for Transaction {
-///     async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
-///         // commit on success, roll back on any failure or abandonment
-///         self.committed = pending.is_ok();
-///         Ok(Flow::Propagate)
-///     }
-/// }
-/// ```
+/// * Any method may panic: the stack contains the panic, reports it naming
+///   the entry, and runs every other entry.
+/// * The resource must be `Send + 'static`: the stack may release it in a
+///   background task on any worker thread. `!Send` resources, and futures
+///   that need a `LocalSet`, are not supported.
 #[async_trait::async_trait]
 pub trait AsyncExit: Send + 'static {
     /// Releases the resource. See the trait docs for the contract.
