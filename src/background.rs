@@ -30,15 +30,18 @@
 //!   an ERROR event with the true reason. The same happens when there is no
 //!   runtime at all.
 
+use std::mem;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::instrument::WithSubscriber as _;
+use tracing::{debug, error, warn};
 
-use crate::unwind::{Lost, Mode, Unwind};
+use crate::error::{AbandonCause, Abandoned, panic_message};
+use crate::unwind::{Mode, Reason, Unwind};
 
 /// How many default-tracked background cleanups are running.
 static RUNNING: LazyLock<watch::Sender<usize>> = LazyLock::new(|| watch::channel(0).0);
@@ -65,7 +68,7 @@ pub(crate) fn hand_off(mut unwind: Unwind) {
         None => Handle::try_current().ok(),
     };
     let Some(handle) = handle else {
-        unwind.lose(Lost::NoRuntime);
+        lose(&mut unwind, Lost::NoRuntime);
         return;
     };
     // The events of the cleanup go where the events of the code that
@@ -126,7 +129,7 @@ fn poll_inline(unwind: &mut Unwind) -> bool {
         run.as_mut().poll(&mut cx).is_ready()
     };
     if finished {
-        unwind.report();
+        report(unwind);
     }
     finished
 }
@@ -134,18 +137,114 @@ fn poll_inline(unwind: &mut Unwind) -> bool {
 async fn run(mut unwind: Unwind) {
     unwind.cooperative = true;
     unwind.run().await;
-    unwind.report();
+    report(&mut unwind);
 }
 
-/// Counts a finished background unwind (default tracker only).
-pub(crate) fn record_finished(failed: bool) {
-    let counter = if failed { &FAILED } else { &FINISHED };
-    counter.fetch_add(1, Ordering::Relaxed);
+/// Where an unwind dropped before it finished goes (every `Unwind` made by
+/// the stack is given this): a cancelled `aclose` or scope continues in the
+/// background; a background task its runtime dropped gets one more chance
+/// on the runtime current here, or is lost, and reported.
+pub(crate) fn orphaned(mut rest: Unwind) {
+    match rest.mode {
+        Mode::Foreground => {
+            // `aclose()` or a scope was cancelled: finish in the
+            // background, exactly once per entry.
+            if let Some(payload) = rest.panic.take() {
+                error!(site = %rest.site, panic = %panic_message(&*payload), "a cleanup panicked before the unwind was cancelled");
+            }
+            rest.reason = Reason::Cancel;
+            rest.abandon(AbandonCause::Cancelled);
+            // Cancellation is normal: the owner of the timeout reports it.
+            debug!(site = %rest.site, remaining = rest.remaining(), "unwind cancelled; the remaining cleanup runs in a background task");
+            hand_off(rest);
+        }
+        Mode::Background if std::thread::panicking() => lose(&mut rest, Lost::Panicked),
+        Mode::Background => match Handle::try_current() {
+            // The runtime that was to run it is gone, but this thread is
+            // in another (a stack created on a runtime since shut down,
+            // dropped in a live one): one more chance there. If that one
+            // is shutting down too, the task is dropped again at once, and
+            // the loss reported then.
+            Ok(handle) if !rest.rehomed => {
+                rest.rehomed = true;
+                rest.handle = Some(handle);
+                hand_off(rest);
+            }
+            _ => lose(&mut rest, Lost::ShutDown),
+        },
+    }
 }
 
-/// Counts a lost background unwind (default tracker only).
-pub(crate) fn record_lost() {
-    LOST.fetch_add(1, Ordering::Relaxed);
+/// Why a background unwind could not run to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    NoRuntime,
+    ShutDown,
+    Panicked,
+}
+
+impl Lost {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRuntime => "no tokio runtime to run the cleanup on",
+            Self::ShutDown => "the runtime shut down before the background cleanup finished",
+            Self::Panicked => "the background cleanup task panicked",
+        }
+    }
+}
+
+/// The background result: reported (a WARN with every error when an entry
+/// failed, else a DEBUG event), counted, never returned.
+fn report(unwind: &mut Unwind) {
+    unwind.done = true;
+    let (site, reason) = (unwind.site, unwind.reason.as_str());
+    if unwind.failed {
+        // The `Abandoned` marker is the reason for the unwind, not a
+        // failure of it.
+        let mut chain = mem::take(&mut unwind.chain);
+        chain.retain(|e| !e.is::<Abandoned>());
+        let errors = chain.into_error();
+        let errors = errors.map(|e| e.to_string()).unwrap_or_default();
+        warn!(site = %site, reason, %errors, "background cleanup finished with errors");
+    } else {
+        debug!(site = %site, reason, "background cleanup finished");
+    }
+    if unwind.tracker.is_none() {
+        let counter = if unwind.failed { &FAILED } else { &FINISHED };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Synchronous best effort when no runtime can finish the unwind: sync
+/// entries still run; async ones get `abandon()` and are named in one
+/// ERROR event with the reason, under the dispatcher of the drop.
+fn lose(unwind: &mut Unwind, why: Lost) {
+    match unwind.dispatch.take() {
+        Some(dispatch) => tracing::dispatcher::with_default(&dispatch, || lose_here(unwind, why)),
+        None => lose_here(unwind, why),
+    }
+}
+
+fn lose_here(unwind: &mut Unwind, why: Lost) {
+    let not_run = unwind.best_effort();
+    let counted = unwind.tracker.is_none();
+    if not_run.is_empty() {
+        if counted {
+            let counter = if unwind.failed { &FAILED } else { &FINISHED };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    error!(
+        site = %unwind.site,
+        reason = why.as_str(),
+        not_run = ?not_run,
+        "{} cleanup(s) could not run and were dropped with synchronous best effort",
+        not_run.len(),
+    );
+    if counted {
+        LOST.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How the background cleanups fared during one [`drain`] call.
@@ -202,15 +301,43 @@ impl DrainReport {
 /// cleanups tracked by a caller's own `TaskTracker` are not waited for
 /// here: that tracker waits for them.
 ///
-/// Costs one timer for the deadline. Needs a runtime with the time driver
-/// enabled.
+/// Costs one timer for the deadline.
+///
+/// # Cancel safety
+///
+/// Cancel safe: dropping the future only stops the wait; the cleanups go
+/// on, and a later call waits for them.
+///
+/// On a runtime without the time driver it cannot keep a deadline: it then
+/// does not wait, reports what is still running as cut off, and says so in
+/// a WARN event. A deadline too large to add to the clock means none.
 pub async fn drain(timeout: Duration) -> DrainReport {
     let counts = || [&FINISHED, &FAILED, &LOST].map(|c| c.load(Ordering::Relaxed));
     let start = counts();
     let mut running = RUNNING.subscribe();
-    let in_time = tokio::time::timeout(timeout, running.wait_for(|n| *n == 0))
-        .await
-        .is_ok();
+    let idle = running.wait_for(|n| *n == 0);
+    let in_time = match tokio::time::Instant::now().checked_add(timeout) {
+        // A deadline too far to add to the clock: no deadline.
+        None => idle.await.is_ok(),
+        Some(at) => match std::panic::catch_unwind(|| tokio::time::sleep_until(at)) {
+            Ok(sleep) => {
+                let (mut idle, mut sleep) = (std::pin::pin!(idle), std::pin::pin!(sleep));
+                std::future::poll_fn(|cx| {
+                    if let std::task::Poll::Ready(idle) = idle.as_mut().poll(cx) {
+                        return std::task::Poll::Ready(idle.is_ok());
+                    }
+                    sleep.as_mut().poll(cx).map(|()| false)
+                })
+                .await
+            }
+            // No time driver: the deadline cannot be kept, so do not wait
+            // at all rather than maybe forever.
+            Err(_) => {
+                warn!("drain cannot keep a deadline: the runtime has no time driver (enable_time); not waiting");
+                *RUNNING.borrow() == 0
+            }
+        },
+    };
     let end = counts();
     DrainReport {
         finished: end[0].wrapping_sub(start[0]),
@@ -224,35 +351,4 @@ pub async fn drain(timeout: Duration) -> DrainReport {
 /// now, in the process.
 pub fn background_tasks() -> usize {
     *RUNNING.borrow()
-}
-
-/// Strict mode: 0 = not decided yet, 1 = off, 2 = on.
-static STRICT: AtomicU8 = AtomicU8::new(0);
-
-/// The environment variable that turns strict mode on (`1` or `true`).
-pub const STRICT_ENV: &str = "TOKIO_EXIT_STACK_STRICT";
-
-/// Turns strict mode on or off for the whole process.
-///
-/// In strict mode a stack dropped while holding entries (outside a panic)
-/// still hands its cleanup to the background, then **panics at the drop
-/// site**, so a test suite catches every forgotten `aclose`. Off by
-/// default; also turned on by the environment variable
-/// `TOKIO_EXIT_STACK_STRICT=1` (read once, at the first drop that needs
-/// it). Meant for tests and debugging, never for production.
-pub fn set_strict(on: bool) {
-    STRICT.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-}
-
-/// Whether strict mode is on (see [`set_strict`]).
-pub fn is_strict() -> bool {
-    match STRICT.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var(STRICT_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-            // Only the first decision sticks, so a racing `set_strict` wins.
-            let _ = STRICT.compare_exchange(0, if on { 2 } else { 1 }, Ordering::Relaxed, Ordering::Relaxed);
-            STRICT.load(Ordering::Relaxed) == 2
-        }
-        state => state == 2,
-    }
 }

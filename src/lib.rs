@@ -143,9 +143,10 @@
 //! registration takes `&self` and lends back `&mut Resource`, so several
 //! resources are in use at once and a future holding the stack is `Send`.
 //! `aclose` takes `&mut self`, so the borrow checker proves no resource is
-//! in use while it is released. The reasoning is written out in the
-//! `stack` module's source; the few lines of `unsafe` it takes live in
-//! `owned.rs`, checked by Miri.
+//! in use while it is released. The borrow checker also refuses a lent
+//! resource used after `aclose`, after `pop_all`, or after the stack moved,
+//! a group kept past its stack, and a `!Send` value registered (each is a
+//! `compile_fail` test of this crate).
 //!
 //! # Implementing your own resource
 //!
@@ -155,11 +156,13 @@
 //! # Costs
 //!
 //! `new()` allocates nothing. An async callback costs one allocation, an
-//! entered resource two (itself, and its exit future). The entry vector a
-//! finished unwind leaves behind is kept, one per thread and at most 1,024
-//! slots (32 KiB), for the next stack on that thread. Measured against a
-//! hand-rolled list of boxed futures and against Python in
-//! `BENCHMARKS.md`.
+//! entered resource two (itself, and its exit future); a stack of more than
+//! 16 entries also grows its entry vector (32 bytes a slot), as a `Vec`
+//! does. The small entry vector a finished unwind leaves behind (at most
+//! 16 slots, 512 bytes) is kept, one per thread, for the next stack on that
+//! thread, so a stack holds memory in proportion to its own entries.
+//! Measured against a hand-rolled list of boxed futures and against Python
+//! in `BENCHMARKS.md`.
 //!
 //! # Observability
 //!
@@ -178,36 +181,44 @@
 //! `Send + 'static`, since a stack may release them in a background task on
 //! any worker thread: `!Send` resources, and futures that only run on a
 //! `LocalSet`, are not supported.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
-mod background;
-mod entry;
-mod error;
-mod group;
-mod linger;
+// Layers, top to bottom; each module imports only modules below it.
+mod background; // dropped or cancelled unwinds, the trackers, drain
+mod erased; // adapters from values and closures to exits
+mod error; // Error, and the errors the stack raises itself
+mod linger; // the bounds of a stream's close
 mod owned;
-mod resources;
-mod stack;
-mod traits;
-mod unwind;
+mod register; // the registering methods, written once; EntryBuilder, Key
+mod registry; // the entries, the LIFO registry, ExitGroup; the arena's only user
+mod resources; // the tokio types' exits, one file per area and feature
+mod stack; // the facade: AsyncExitStack, scope
+mod strict; // strict mode
+mod traits; // AsyncEnter, AsyncExit, Pending, Flow, acquire
+mod unwind; // the unwind loop // the arena pointer and its soundness argument
 
 pub use async_trait::async_trait;
 pub use linger::{DRAIN_LIMIT, DRAIN_TIMEOUT, FLUSH_TIMEOUT, Linger};
 #[cfg(feature = "rt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 pub use resources::{Task, TaskError};
 
 /// File exits: [`Durable`](fs::Durable), a file that is synced to disk at
 /// exit. (`tokio::fs::File` itself implements [`AsyncExit`] directly.)
 #[cfg(feature = "fs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 pub mod fs {
     pub use crate::resources::fs::Durable;
 }
-pub use background::{DrainReport, STRICT_ENV, background_tasks, drain, is_strict, set_strict};
+pub use background::{DrainReport, background_tasks, drain};
 pub use error::{AbandonCause, Abandoned, BoxError, Cause, Error, PanicError, ResourceError, Suppressed, TimeoutError};
-pub use group::ExitGroup;
-pub use stack::{AsyncExitStack, EntryBuilder, Key, scope, scope_suppressible};
+pub use register::{EntryBuilder, Key};
+pub use registry::ExitGroup;
+pub use stack::{AsyncExitStack, scope, scope_suppressible};
+pub use strict::{STRICT_ENV, is_strict, set_strict};
 pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, acquire};
 
 /// The README's examples, compiled and run as doc tests, so that every
@@ -215,3 +226,55 @@ pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, 
 #[cfg(all(doctest, feature = "net", feature = "fs", feature = "sync"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// What the borrow checker refuses, kept refused: each of these must not
+/// compile.
+///
+/// A lent resource used after `aclose` (it was released):
+///
+/// ```compile_fail,E0502
+/// # async fn f(listener: tokio::net::TcpListener) {
+/// let mut stack = tokio_exit_stack::AsyncExitStack::new();
+/// let conn = stack.push_resource(tokio::net::TcpStream::connect("127.0.0.1:1").await.unwrap());
+/// stack.aclose().await.unwrap();
+/// let _ = conn.peer_addr(); // released: refused
+/// # }
+/// ```
+///
+/// A lent resource used after `pop_all` (another stack owns it now):
+///
+/// ```compile_fail,E0502
+/// let mut stack = tokio_exit_stack::AsyncExitStack::new();
+/// let value = stack.enter_context(String::from("lent"));
+/// let other = stack.pop_all();
+/// value.push('!'); // moved to `other`: refused
+/// # drop(other);
+/// ```
+///
+/// A lent resource used after the stack moved (into a task, say):
+///
+/// ```compile_fail,E0505
+/// let stack = tokio_exit_stack::AsyncExitStack::new();
+/// let value = stack.enter_context(String::from("lent"));
+/// let moved = stack;
+/// value.push('!'); // refused
+/// # drop(moved);
+/// ```
+///
+/// A group kept past its stack:
+///
+/// ```compile_fail,E0505
+/// let stack = tokio_exit_stack::AsyncExitStack::new();
+/// let group = stack.enter_group();
+/// drop(stack);
+/// group.callback(|| ()); // refused
+/// ```
+///
+/// A `!Send` value registered (a stack may release it on any thread):
+///
+/// ```compile_fail,E0277
+/// let stack = tokio_exit_stack::AsyncExitStack::new();
+/// stack.enter_context(std::rc::Rc::new(1)); // refused
+/// ```
+#[cfg(all(doctest, feature = "net"))]
+pub struct BorrowCheckerRefuses;

@@ -57,31 +57,38 @@ impl<T: ?Sized> Owned<T> {
     }
 
     /// Gives the allocation back as a `Box`.
-    pub(crate) fn into_box(self) -> Box<T> {
+    ///
+    /// # Safety
+    /// No `&mut T` handed out by [`alloc`] for this allocation may be alive
+    /// (the registry calls this only on entries taken under `&mut`).
+    pub(crate) unsafe fn into_box(self) -> Box<T> {
         let ptr = self.ptr.as_ptr();
         std::mem::forget(self);
         // SAFETY: `ptr` came from `Box::into_raw` (see `from_raw`), is owned
-        // only by `self`, which was just forgotten, so it is freed once.
-        // No `&mut T` handed out by the stack can be alive here: callers of
-        // `into_box` hold `&mut AsyncExitStack` or own it (module docs).
+        // only by `self`, which was just forgotten, so it is freed once; the
+        // caller guarantees no lent borrow is alive.
         unsafe { Box::from_raw(ptr) }
     }
 
-    /// A shared view, used only to read a label before the entry runs.
-    pub(crate) fn get(&self) -> &T {
-        // SAFETY: the pointee is alive while `self` is, and only the
-        // unwinder calls this, when no caller borrow can exist.
+    /// A shared view, to read a label before the entry runs.
+    ///
+    /// # Safety
+    /// As for [`into_box`](Self::into_box): no lent `&mut T` alive.
+    pub(crate) unsafe fn get(&self) -> &T {
+        // SAFETY: the pointee is alive while `self` is; the caller
+        // guarantees no lent borrow is alive.
         unsafe { self.ptr.as_ref() }
     }
 }
 
 impl<T: ?Sized> Owned<T> {
-    /// A mutable view, for `AsyncExitStack::get_mut`, which holds
-    /// `&mut AsyncExitStack`: no caller borrow can exist.
-    pub(crate) fn get_mut(&mut self) -> &mut T {
-        // SAFETY: the pointee is alive while `self` is; `&mut self` is
-        // reachable only through `&mut AsyncExitStack`, so no `&mut T`
-        // handed out at registration is alive (module docs).
+    /// A mutable view, for `AsyncExitStack::get_mut`.
+    ///
+    /// # Safety
+    /// As for [`into_box`](Self::into_box): no lent `&mut T` alive.
+    pub(crate) unsafe fn get_mut(&mut self) -> &mut T {
+        // SAFETY: the pointee is alive while `self` is; the caller
+        // guarantees no lent borrow is alive.
         unsafe { self.ptr.as_mut() }
     }
 }
@@ -139,8 +146,9 @@ mod tests {
         }
         r1.push('1');
         r2.push('2');
-        assert_eq!(owners[0].get().name(), "a1");
-        let b = owners.remove(1).into_box();
+        // SAFETY: r1 and r2 are no longer used.
+        assert_eq!(unsafe { owners[0].get() }.name(), "a1");
+        let b = unsafe { owners.remove(1).into_box() };
         assert_eq!(b.name(), "b2");
         drop(owners);
     }

@@ -1,4 +1,13 @@
-//! [`AsyncExitStack`], its per-entry [`EntryBuilder`], and [`scope`].
+//! The facade: [`AsyncExitStack`] and [`scope`].
+//!
+//! The layers below, each importing only those under it: `register`
+//! (the registering methods, written once for the stack, the group and the
+//! builder), `background` (where a dropped or cancelled unwind goes; the
+//! trackers and `drain`), `unwind` (the loop), `registry` (the entries;
+//! with `owned`, the only `unsafe`), `erased` (values and closures as
+//! exits), `traits`, `linger`, `error`. A lower layer that must reach a
+//! higher one (an unwind cancelled mid-way hands its rest to the background
+//! path) calls a function it was given, never an import.
 //!
 //! # Ownership: why `&self` hands out `&mut T`
 //!
@@ -20,19 +29,16 @@
 //!   (moved into a task, say) is either a deadlock or a cleanup skipped;
 //! * `&mut self` registration: only one resource usable at a time.
 //!
-//! The cost is a few lines of `unsafe` in `owned.rs`, with the soundness
-//! argument written there and checked by Miri.
+//! The cost is a few lines of `unsafe` in `owned.rs` and `registry.rs`,
+//! with the soundness argument written there and checked by Miri.
 //!
 //! Registration takes `&self`, so the entry vector sits behind a short
-//! spin lock (see `Registry` in `entry.rs`), never held across an
-//! `.await`. That is what makes `&AsyncExitStack`, and so a future holding
-//! it, `Send`.
+//! spin lock (see `Registry`), never held across an `.await`. That is what
+//! makes `&AsyncExitStack`, and so a future holding it, `Send`.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
-use std::num::NonZeroU64;
 use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,11 +48,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Span;
 
 use crate::background;
-use crate::entry::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitCell, ExitFn, Options, Registry};
 use crate::error::{AbandonCause, BoxError, Chain, Error, Suppressed};
-use crate::group::ExitGroup;
 use crate::linger::Linger;
-use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
+use crate::register::{EntryBuilder, Key, registering_methods};
+use crate::registry::{Entry, Registry};
+use crate::strict;
+use crate::traits::{AsyncExit, Flow, Pending};
 use crate::unwind::{Mode, Reason, Unwind};
 
 /// A LIFO stack of async cleanups: Python's `contextlib.AsyncExitStack`
@@ -249,84 +256,10 @@ impl AsyncExitStack {
     /// # }
     /// ```
     pub fn entry(&self) -> EntryBuilder<'_> {
-        self.registry.entry()
+        EntryBuilder::new(&self.registry)
     }
 
-    /// Enters `cm` (runs its [`AsyncEnter::enter`] once), registers the
-    /// resulting resource's exit, and lends the resource to the caller.
-    /// If the enter fails, nothing is registered and its error comes
-    /// back unchanged.
-    ///
-    /// Costs the enter itself plus one allocation for the resource.
-    pub async fn enter_async_context<C: AsyncEnter>(&self, cm: C) -> Result<&mut C::Resource, C::Error> {
-        let resource = cm.enter().await?;
-        Ok(self.registry.register_async(resource, Options::default()))
-    }
-
-    /// Registers an already open resource's exit without entering anything
-    /// (Python's `push_async_exit(cm)` with a context manager), and lends
-    /// the resource back. Synchronous and infallible, unlike
-    /// [`enter_async_context`](Self::enter_async_context).
-    ///
-    /// ```
-    /// # #[cfg(feature = "net")]
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let conn = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
-    /// let mut stack = tokio_exit_stack::AsyncExitStack::new();
-    /// let conn = stack.push_resource(conn); // shut down cleanly at aclose
-    /// assert!(conn.peer_addr().is_ok());
-    /// stack.aclose().await.map_err(std::io::Error::other)?;
-    /// # Ok(()) }
-    /// # #[cfg(not(feature = "net"))] fn main() {}
-    /// ```
-    pub fn push_resource<T: AsyncExit>(&self, resource: T) -> &mut T {
-        self.entry().push_resource(resource)
-    }
-
-    /// [`push_resource`](Self::push_resource), also handing back a [`Key`]
-    /// with which [`take`](Self::take) can unregister the resource and give
-    /// it back owned, or [`get_mut`](Self::get_mut) lend it again.
-    ///
-    /// Costs one allocation more than `push_resource` (the entry's options).
-    pub fn push_keyed<T: AsyncExit>(&self, resource: T) -> (Key<T>, &mut T) {
-        self.entry().push_keyed(resource)
-    }
-
-    /// [`enter_async_context`](Self::enter_async_context), also handing back
-    /// a [`Key`] for [`take`](Self::take) and [`get_mut`](Self::get_mut).
-    ///
-    /// Python's "enter several; keep them only if all succeeded" idiom
-    /// (`stack.pop_all()`), with the resources handed back:
-    ///
-    /// ```
-    /// # #[cfg(feature = "fs")]
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    /// use tokio::fs::File;
-    /// use tokio_exit_stack::{acquire, scope};
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let names = ["a", "b", "c"].map(|n| dir.path().join(n));
-    /// // If any create fails, the files created so far are closed; if all
-    /// // succeed, they are taken out of the stack and outlive the scope.
-    /// let files: Vec<File> = scope(async |stack| {
-    ///     let mut keys = Vec::new();
-    ///     for name in &names {
-    ///         let (key, _file) = stack.enter_keyed(acquire(File::create(name))).await?;
-    ///         keys.push(key);
-    ///     }
-    ///     Ok(keys.into_iter().filter_map(|key| stack.take(key)).collect())
-    /// })
-    /// .await?;
-    /// assert_eq!(files.len(), 3);
-    /// # Ok(()) }
-    /// # #[cfg(not(feature = "fs"))] fn main() {}
-    /// ```
-    pub async fn enter_keyed<C: AsyncEnter>(&self, cm: C) -> Result<(Key<C::Resource>, &mut C::Resource), C::Error> {
-        self.entry().enter_keyed(cm).await
-    }
+    registering_methods!();
 
     /// Takes a keyed resource back out of the stack, its exit unregistered:
     /// from here on it is the caller's, to keep, move into a spawned task,
@@ -358,88 +291,14 @@ impl AsyncExitStack {
     /// # #[cfg(not(feature = "net"))] fn main() {}
     /// ```
     pub fn take<T: 'static>(&mut self, key: Key<T>) -> Option<T> {
-        self.registry.take_keyed(key.id)
+        self.registry.take_keyed(key.id())
     }
 
     /// Lends a keyed resource again, after the borrow its registration
     /// returned has ended (for example on a stack made by
     /// [`pop_all`](Self::pop_all)). `None` as for [`take`](Self::take).
     pub fn get_mut<T: 'static>(&mut self, key: &Key<T>) -> Option<&mut T> {
-        self.registry.keyed_mut(key.id)
-    }
-
-    /// Registers `value`, whose cleanup is its `Drop` (a permit, a guard, a
-    /// temporary directory), in the same LIFO order as every other entry,
-    /// and lends it to the caller.
-    pub fn enter_context<T: Send + 'static>(&self, value: T) -> &mut T {
-        self.entry().enter_context(value)
-    }
-
-    /// Registers an async exit closure: at unwind it is given the pending
-    /// error and returns whether to suppress it, or a new error.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// use tokio_exit_stack::{AsyncExitStack, Flow};
-    /// let mut stack = AsyncExitStack::new();
-    /// stack.push_async_exit(|pending| async move {
-    ///     if pending.is_err() { /* roll back */ }
-    ///     Ok::<_, std::io::Error>(Flow::Propagate)
-    /// });
-    /// stack.aclose().await.unwrap();
-    /// # }
-    /// ```
-    pub fn push_async_exit<F, Fut, E>(&self, exit: F)
-    where
-        F: FnOnce(Pending) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Flow, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        self.entry().push_async_exit(exit);
-    }
-
-    /// Registers a synchronous exit closure; like
-    /// [`push_async_exit`](Self::push_async_exit), but it runs inline.
-    pub fn push_exit<F, E>(&self, exit: F)
-    where
-        F: FnOnce(&Pending) -> Result<Flow, E> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        self.entry().push_exit(exit);
-    }
-
-    /// Registers an async callback: it is told nothing and cannot suppress;
-    /// it may return `()` or `Result<(), E>`.
-    pub fn push_async_callback<F, Fut>(&self, callback: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: CallbackOutput,
-    {
-        self.entry().push_async_callback(callback);
-    }
-
-    /// Registers a synchronous callback; it runs inline at unwind.
-    ///
-    /// A synchronous callback or exit may run while a panic unwinds (a
-    /// stack dropped by a panic releases its synchronous entries inline). A
-    /// panic inside it is caught there as anywhere else: the remaining
-    /// entries still run, and the panic is reported as an ERROR event
-    /// naming the entry.
-    pub fn callback<F, R>(&self, callback: F)
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: CallbackOutput + 'static,
-    {
-        self.entry().callback(callback);
-    }
-
-    /// Registers an empty concurrent group as the newest entry and lends it
-    /// back: its members close concurrently when its turn comes. See
-    /// [`ExitGroup`].
-    pub fn enter_group(&self) -> &ExitGroup {
-        self.entry().enter_group()
+        self.registry.keyed_mut(key.id())
     }
 
     /// Moves every entry into a new stack and leaves this one empty and
@@ -470,12 +329,31 @@ impl AsyncExitStack {
     /// An empty stack, or a second `aclose`, does nothing and returns `Ok`.
     /// The stack is empty and reusable afterwards.
     ///
+    /// # Cancel safety
+    ///
+    /// Dropping this future at any point is safe and loses nothing: the
+    /// entries that had not finished still run, once each (the one in
+    /// flight resumed, not restarted), in a background task, told the
+    /// unwind was cancelled ([`AbandonCause::Cancelled`]); a DEBUG event
+    /// says so. The stack is empty afterwards either way.
+    ///
+    /// # Panics
+    ///
     /// If an entry panicked, the remaining entries still run, then the
-    /// panic is resumed here. If this future is dropped before it
-    /// finishes, the entries that had not finished still run, once each,
-    /// in a background task.
+    /// first panic is resumed here.
     pub async fn aclose(&mut self) -> Result<(), Error> {
         self.unwind(Chain::default(), Reason::Aclose).await.map(|_| ())
+    }
+
+    /// An unwind of `entries` with this stack's settings: its runtime, its
+    /// deadline, its tracker, its close bounds.
+    fn unwind_for(&self, entries: Vec<Entry>, chain: Chain, reason: Reason, mode: Mode) -> Unwind {
+        let mut unwind = Unwind::new(entries, chain, reason, mode, self.site, background::orphaned);
+        unwind.handle = self.handle.clone();
+        unwind.budget = self.unwind_timeout;
+        unwind.tracker = self.tracker.clone();
+        unwind.linger = self.linger.clone();
+        unwind
     }
 
     /// Unwinds with `chain` pending; `Ok` carries the first entry that
@@ -485,17 +363,7 @@ impl AsyncExitStack {
         if entries.is_empty() && chain.is_empty() {
             return Ok(None);
         }
-        let mut unwind = Unwind::new(
-            entries,
-            chain,
-            reason,
-            Mode::Foreground,
-            self.site,
-            self.handle.clone(),
-            self.unwind_timeout,
-        );
-        unwind.tracker = self.tracker.clone();
-        unwind.linger = self.linger.clone();
+        let mut unwind = self.unwind_for(entries, chain, reason, Mode::Foreground);
         unwind.run().await;
         unwind.finish()
     }
@@ -518,10 +386,17 @@ impl fmt::Debug for AsyncExitStack {
 }
 
 impl Drop for AsyncExitStack {
-    /// Never blocks, and never panics outside strict mode: the remaining
-    /// entries go to one background task. In strict mode
-    /// ([`set_strict`](crate::set_strict)) a drop that is not part of a
-    /// panic panics here, after handing the cleanup off.
+    /// Never blocks: the remaining entries go to one background task on
+    /// the stack's runtime (or, with no runtime left, are released with
+    /// synchronous best effort and reported).
+    ///
+    /// # Panics
+    ///
+    /// Never, outside strict mode. In strict mode
+    /// ([`set_strict`](crate::set_strict)) the drop of a stack holding
+    /// entries, not declared [cancellable](AsyncExitStack::set_cancellable)
+    /// and not part of a panic, panics here, after handing the cleanup off:
+    /// the one, opt-in, exception, meant for test suites.
     fn drop(&mut self) {
         let entries = self.registry.take();
         if entries.is_empty() {
@@ -551,26 +426,16 @@ impl Drop for AsyncExitStack {
                 "exit stack dropped without aclose; its cleanup runs in the background",
             );
         }
-        let mut unwind = Unwind::new(
-            entries,
-            Chain::default(),
-            Reason::Drop,
-            Mode::Background,
-            self.site,
-            self.handle.take(),
-            self.unwind_timeout,
-        );
+        let mut unwind = self.unwind_for(entries, Chain::default(), Reason::Drop, Mode::Background);
         unwind.abandon(cause);
-        unwind.tracker = self.tracker.take();
-        unwind.linger = self.linger.take();
         unwind.parent = Some(std::mem::replace(&mut self.span, Span::none()));
         background::hand_off(unwind);
-        if cause == AbandonCause::Dropped && background::is_strict() {
+        if cause == AbandonCause::Dropped && strict::is_strict() {
             panic!(
                 "exit stack created at {} dropped without aclose while holding {count} entries \
                  (strict mode, from set_strict or {}); the cleanup still runs in the background",
                 self.site,
-                background::STRICT_ENV,
+                strict::STRICT_ENV,
             );
         }
     }
@@ -626,8 +491,10 @@ impl AsyncExit for AsyncExitStack {
         Cow::Owned(format!("AsyncExitStack({})", self.site))
     }
 
+    /// Always `true`: answering from the entries would read them while
+    /// this `&self` may still have lent borrows of them out.
     fn needs_runtime(&self) -> bool {
-        self.unwind_timeout.is_some() || self.registry.needs_runtime()
+        true
     }
 
     /// No runtime is left: the outer stack reports this stack as a
@@ -641,169 +508,10 @@ impl AsyncExit for AsyncExitStack {
             Reason::Drop,
             Mode::Background,
             self.site,
-            None,
-            None,
+            background::orphaned,
         );
         unwind.abandon(AbandonCause::Dropped);
         let _reported_by_the_outer_stack = unwind.best_effort();
-    }
-}
-
-/// Names one resource registered with
-/// [`push_keyed`](AsyncExitStack::push_keyed) or
-/// [`enter_keyed`](AsyncExitStack::enter_keyed), to take it back out of the
-/// stack ([`take`](AsyncExitStack::take)) or lend it again
-/// ([`get_mut`](AsyncExitStack::get_mut)).
-///
-/// A key is unique in the process, typed, and consumed by `take`, so a key
-/// of another stack, or of a resource already taken, can only ever give
-/// `None`. Eight bytes; not `Clone`.
-#[must_use = "without its key, a keyed resource can no longer be taken back"]
-pub struct Key<T> {
-    id: NonZeroU64,
-    resource: PhantomData<fn() -> T>,
-}
-
-impl<T> fmt::Debug for Key<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Key")
-            .field(&self.id)
-            .field(&std::any::type_name::<T>())
-            .finish()
-    }
-}
-
-/// Options for one registration, from [`AsyncExitStack::entry`].
-///
-/// Has the same registering methods as the stack; each consumes the
-/// builder and applies its options to that one entry.
-#[must_use = "an EntryBuilder registers nothing until one of its registering methods is called"]
-pub struct EntryBuilder<'s> {
-    registry: &'s Registry,
-    options: Options,
-}
-
-impl std::fmt::Debug for EntryBuilder<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntryBuilder")
-            .field("label", &self.options.label)
-            .field("timeout", &self.options.timeout)
-            .finish()
-    }
-}
-
-impl<'s> EntryBuilder<'s> {
-    pub(crate) fn new(registry: &'s Registry) -> Self {
-        Self {
-            registry,
-            options: Options::default(),
-        }
-    }
-
-    /// Names the entry in tracing output and in the stack's own errors,
-    /// instead of its type name.
-    pub fn label(mut self, label: impl Into<Cow<'static, str>>) -> Self {
-        self.options.label = Some(label.into());
-        self
-    }
-
-    /// Sets this entry's close bounds (flush, lingering drain), winning over
-    /// its stack's ([`AsyncExitStack::set_linger`]); for a group, the
-    /// bounds of its members that have none of their own. See [`Linger`].
-    pub fn linger(mut self, linger: Linger) -> Self {
-        self.options.linger = Some(Arc::new(linger));
-        self
-    }
-
-    /// Abandons the entry's exit if it has not finished after `timeout`:
-    /// its future, and the resource it owns, are dropped, a
-    /// [`TimeoutError`](crate::TimeoutError) naming the entry becomes the
-    /// pending error, and the next entry runs. Needs the runtime's time
-    /// driver.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.options.timeout = Some(timeout);
-        self
-    }
-
-    /// [`AsyncExitStack::enter_async_context`] with these options.
-    pub async fn enter_async_context<C: AsyncEnter>(self, cm: C) -> Result<&'s mut C::Resource, C::Error> {
-        let resource = cm.enter().await?;
-        Ok(self.registry.register_async(resource, self.options))
-    }
-
-    /// [`AsyncExitStack::enter_group`] with these options.
-    pub fn enter_group(self) -> &'s ExitGroup {
-        self.registry.register_group(ExitGroup::new(), self.options)
-    }
-
-    /// [`AsyncExitStack::push_resource`] with these options.
-    pub fn push_resource<T: AsyncExit>(self, resource: T) -> &'s mut T {
-        self.registry.register_async(resource, self.options)
-    }
-
-    /// [`AsyncExitStack::push_keyed`] with these options.
-    pub fn push_keyed<T: AsyncExit>(mut self, resource: T) -> (Key<T>, &'s mut T) {
-        let key = Registry::new_key();
-        self.options.key = Some(key);
-        let resource = self.registry.register_async(resource, self.options);
-        (
-            Key {
-                id: key,
-                resource: PhantomData,
-            },
-            resource,
-        )
-    }
-
-    /// [`AsyncExitStack::enter_keyed`] with these options.
-    pub async fn enter_keyed<C: AsyncEnter>(self, cm: C) -> Result<(Key<C::Resource>, &'s mut C::Resource), C::Error> {
-        let resource = cm.enter().await?;
-        Ok(self.push_keyed(resource))
-    }
-
-    /// [`AsyncExitStack::enter_context`] with these options.
-    pub fn enter_context<T: Send + 'static>(self, value: T) -> &'s mut T {
-        &mut self.registry.register_sync(DropGuard(value), self.options).0
-    }
-
-    /// [`AsyncExitStack::push_async_exit`] with these options.
-    pub fn push_async_exit<F, Fut, E>(self, exit: F)
-    where
-        F: FnOnce(Pending) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Flow, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        self.registry
-            .register_async(ExitCell::new(AsyncExitFn(exit, PhantomData)), self.options);
-    }
-
-    /// [`AsyncExitStack::push_exit`] with these options.
-    pub fn push_exit<F, E>(self, exit: F)
-    where
-        F: FnOnce(&Pending) -> Result<Flow, E> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        self.registry.register_sync(ExitFn(exit, PhantomData), self.options);
-    }
-
-    /// [`AsyncExitStack::push_async_callback`] with these options.
-    pub fn push_async_callback<F, Fut>(self, callback: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: CallbackOutput,
-    {
-        self.registry
-            .register_async(ExitCell::new(AsyncCallbackFn(callback)), self.options);
-    }
-
-    /// [`AsyncExitStack::callback`] with these options.
-    pub fn callback<F, R>(self, callback: F)
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: CallbackOutput + 'static,
-    {
-        self.registry.register_sync(CallbackFn(callback), self.options);
     }
 }
 

@@ -381,8 +381,9 @@ where
 /// What a callback may return: `()` or `Result<(), E>`.
 ///
 /// Lets `stack.callback(|| println!("bye"))` and
-/// `stack.callback(|| std::fs::remove_file(path))` both work.
-pub trait CallbackOutput: Send {
+/// `stack.callback(|| std::fs::remove_file(path))` both work. Sealed: the
+/// two shapes above are the whole set.
+pub trait CallbackOutput: Send + sealed::Sealed {
     /// The callback's outcome as the unwinder sees it.
     fn into_result(self) -> Result<(), BoxError>;
 }
@@ -397,4 +398,12 @@ impl<E: Into<BoxError> + Send> CallbackOutput for Result<(), E> {
     fn into_result(self) -> Result<(), BoxError> {
         self.map_err(Into::into)
     }
+}
+
+mod sealed {
+    /// Keeps [`CallbackOutput`](super::CallbackOutput) to `()` and
+    /// `Result<(), E>`.
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl<E> Sealed for Result<(), E> {}
 }

@@ -2,14 +2,15 @@
 //! cannot flake: a counting global allocator, per thread.
 //!
 //! * `AsyncExitStack::new()` allocates nothing.
-//! * register + unwind makes at most 2 heap allocations per entry, a
-//!   callback or an entered resource, amortized over 1,000 entries: exactly
-//!   1 per callback (its closure's cell becomes its exit future) and 2 per
-//!   entered resource (the resource, and the boxed future of the
-//!   object-safe `AsyncExit::exit`). The entry vector is reused from the
-//!   thread's previous stack; a thread's first stack also pays its growth
-//!   (9 reallocations for 1,000 entries), so the first figure is 1.009 and
-//!   2.009. Each test holds both exact figures, so any regression fails.
+//! * register + unwind makes exactly 1 heap allocation per callback (its
+//!   closure's cell becomes its exit future) and 2 per entered resource (the
+//!   resource, and the boxed future of the object-safe `AsyncExit::exit`)
+//!   for a stack of up to 16 entries, whose entry vector is the thread's
+//!   spare one; a larger stack also pays its vector's growth (9
+//!   reallocations for 1,000 entries: 1.009 and 2.009 per entry). Each test
+//!   holds the exact figures, so any regression fails.
+//! * a small stack created right after a large unwind holds memory in
+//!   proportion to its own entries, not the large stack's vector.
 //! * a dropped stack spawns exactly one task, whatever its size (see also
 //!   `lifecycle.rs`, which counts the runtime's live tasks).
 
@@ -24,18 +25,27 @@ struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    /// Bytes allocated and not yet freed on this thread.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+}
+
+fn live(delta: isize) {
+    let _ = LIVE.try_with(|n| n.set(n.get() + delta));
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        live(layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        live(new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -65,7 +75,10 @@ impl AsyncExit for Resource {
     }
 }
 
+/// Entries of a large stack, and of one that fits the thread's spare
+/// entry vector.
 const N: usize = 1000;
+const SMALL: usize = 16;
 
 #[test]
 fn new_allocates_nothing() {
@@ -81,14 +94,14 @@ fn new_allocates_nothing() {
 
 /// Allocations of one register + unwind round of `N` entries made by
 /// `register`, on a fresh thread: (the thread's first stack, the next one).
-fn first_and_steady(register: fn(&AsyncExitStack, usize)) -> (usize, usize) {
+fn first_and_steady(register: fn(&AsyncExitStack, usize), n: usize) -> (usize, usize) {
     std::thread::spawn(move || {
         let rt = runtime();
         let round = || {
             count(|| {
                 rt.block_on(async {
                     let mut stack = AsyncExitStack::new();
-                    for i in 0..N {
+                    for i in 0..n {
                         register(&stack, i);
                     }
                     stack.aclose().await.unwrap();
@@ -102,21 +115,34 @@ fn first_and_steady(register: fn(&AsyncExitStack, usize)) -> (usize, usize) {
     .unwrap()
 }
 
-/// The entry vector's growth, 4, 8, ..., 1,024 slots: what a thread's
-/// first stack of `N` entries pays on top of the entries themselves.
+/// The entry vector's growth, 4, 8, ..., 1,024 slots: what a stack of `N`
+/// entries pays on top of the entries themselves.
 const GROWTH: usize = (N.next_power_of_two().trailing_zeros() - 1) as usize;
+
+/// Checks one kind of entry: `per` allocations per entry, exactly, for a
+/// small stack in steady state; plus the vector's growth for a large one.
+fn check(register: fn(&AsyncExitStack, usize), per: usize, what: &str) {
+    let (first, steady) = first_and_steady(register, SMALL);
+    println!("{what}: {first} allocations for the thread's first {SMALL}, {steady} after");
+    assert_eq!(steady, per * SMALL, "{what}: {per} per entry");
+    let (first, steady) = first_and_steady(register, N);
+    println!("{what}: {first} allocations for the thread's first {N}, {steady} after");
+    assert_eq!(first, per * N + GROWTH, "{what}");
+    assert_eq!(steady, per * N + GROWTH, "{what}");
+}
 
 #[test]
 fn register_and_unwind_of_an_async_callback_costs_one_allocation_each() {
-    let (first, steady) = first_and_steady(|stack, i| {
-        stack.push_async_callback(move || async move {
-            std::hint::black_box(i);
-        })
-    });
-    println!("async callbacks: {first} allocations for the thread's first {N}, {steady} after");
     // The closure's own allocation is reused as its exit future.
-    assert_eq!(steady, N, "one per entry");
-    assert!(first <= N + GROWTH, "{first}");
+    check(
+        |stack, i| {
+            stack.push_async_callback(move || async move {
+                std::hint::black_box(i);
+            })
+        },
+        1,
+        "async callbacks",
+    );
 }
 
 #[test]
@@ -127,21 +153,50 @@ fn register_and_unwind_of_an_entered_resource_costs_two_allocations_each() {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(entering.as_mut().poll(&mut cx).is_ready());
     }
-    let (first, steady) = first_and_steady(register);
-    println!("entered resources: {first} allocations for the thread's first {N}, {steady} after");
     // The resource's own allocation and its boxed exit future.
-    assert_eq!(steady, 2 * N, "two per entry");
-    assert!(first <= 2 * N + GROWTH, "{first}");
+    check(register, 2, "entered resources");
 }
 
 #[test]
 fn register_and_unwind_of_a_sync_callback_costs_one_allocation_each() {
-    let (first, steady) = first_and_steady(|stack, i| {
-        stack.callback(move || {
-            std::hint::black_box(i);
-        })
-    });
-    println!("sync callbacks: {first} allocations for the thread's first {N}, {steady} after");
-    assert_eq!(steady, N, "one per entry");
-    assert!(first <= N + GROWTH, "{first}");
+    check(
+        |stack, i| {
+            stack.callback(move || {
+                std::hint::black_box(i);
+            })
+        },
+        1,
+        "sync callbacks",
+    );
+}
+
+/// A long-lived stack of one entry, created right after a 1,000-entry
+/// unwind on the same thread, holds memory for its one entry, not the
+/// large stack's vector (which it used to inherit: 32 KiB).
+#[test]
+fn a_small_stack_after_a_large_unwind_holds_less_than_a_kibibyte() {
+    std::thread::spawn(|| {
+        let rt = runtime();
+        rt.block_on(async {
+            let mut large = AsyncExitStack::new();
+            for i in 0..N {
+                large.callback(move || {
+                    std::hint::black_box(i);
+                });
+            }
+            large.aclose().await.unwrap();
+        });
+        let before = LIVE.with(Cell::get);
+        let small = AsyncExitStack::new();
+        small.callback(|| ());
+        let held = LIVE.with(Cell::get) - before;
+        println!("a one-entry stack after a {N}-entry unwind holds {held} bytes");
+        assert!(held < 1024, "{held} bytes");
+        rt.block_on(async move {
+            let mut small = small;
+            small.aclose().await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
 }

@@ -531,3 +531,21 @@ fn s33_every_trait_method_that_panics_is_contained_reported_and_skips_nothing() 
     }
     assert_eq!(checked, 14);
 }
+
+/// `drain` on a runtime without the time driver cannot keep its deadline:
+/// it does not panic and does not wait, and reports what still runs as
+/// cut off.
+#[test]
+fn s23_drain_without_the_time_driver_neither_panics_nor_hangs() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let (_keep, never) = tokio::sync::oneshot::channel::<()>();
+    let report = rt.block_on(async {
+        let stack = common::cancellable();
+        stack.push_async_callback(|| async {
+            let _ = never.await;
+        });
+        drop(stack);
+        tokio_exit_stack::drain(Duration::from_secs(3600)).await
+    });
+    assert!(report.cut_off >= 1, "{report:?}");
+}

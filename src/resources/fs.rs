@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{BoxError, ResourceError};
 use crate::traits::{AsyncExit, Flow, Pending};
 
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 #[async_trait::async_trait]
 impl AsyncExit for File {
     async fn exit(mut self: Box<Self>, _pending: Pending) -> Result<Flow, BoxError> {
@@ -43,9 +44,11 @@ impl AsyncExit for File {
 /// assert_eq!(std::fs::read(&path)?, b"balance=10");
 /// # Ok(()) }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 #[derive(Debug)]
 pub struct Durable(pub File);
 
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 impl Deref for Durable {
     type Target = File;
     fn deref(&self) -> &File {
@@ -53,12 +56,14 @@ impl Deref for Durable {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 impl DerefMut for Durable {
     fn deref_mut(&mut self) -> &mut File {
         &mut self.0
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 #[async_trait::async_trait]
 impl AsyncExit for Durable {
     async fn exit(mut self: Box<Self>, _pending: Pending) -> Result<Flow, BoxError> {

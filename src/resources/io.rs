@@ -9,6 +9,7 @@ use super::drain::{drain, flush_and_shutdown};
 use crate::error::{BoxError, ResourceError};
 use crate::traits::{AsyncExit, Flow, Pending};
 
+#[cfg_attr(docsrs, doc(cfg(feature = "io-util")))]
 #[async_trait::async_trait]
 impl<W> AsyncExit for BufWriter<W>
 where
@@ -23,6 +24,7 @@ where
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "io-util")))]
 #[async_trait::async_trait]
 impl<S> AsyncExit for BufStream<S>
 where

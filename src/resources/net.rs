@@ -16,6 +16,7 @@ use crate::traits::{AsyncExit, Flow, Pending};
 /// Shared by both stream types: shutdown, then drain.
 macro_rules! stream_exit {
     ($ty:ty, $label:expr) => {
+        #[cfg_attr(docsrs, doc(cfg(feature = "net")))]
         #[async_trait::async_trait]
         impl AsyncExit for $ty {
             async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {

@@ -15,6 +15,7 @@ fn label(child: &Child) -> String {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "process")))]
 #[async_trait::async_trait]
 impl AsyncExit for Child {
     async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {

@@ -12,6 +12,7 @@ use crate::traits::{AsyncEnter, AsyncExit, Flow, Pending};
 
 /// Entering a semaphore acquires one owned permit; a closed semaphore is
 /// the enter's error.
+#[cfg_attr(docsrs, doc(cfg(feature = "sync")))]
 impl AsyncEnter for Arc<Semaphore> {
     type Resource = OwnedSemaphorePermit;
     type Error = AcquireError;
@@ -22,6 +23,7 @@ impl AsyncEnter for Arc<Semaphore> {
 }
 
 /// Entering a mutex locks it; the guard unlocks at exit.
+#[cfg_attr(docsrs, doc(cfg(feature = "sync")))]
 impl<T: Send + Sync + 'static> AsyncEnter for Arc<Mutex<T>> {
     type Resource = OwnedMutexGuard<T>;
     type Error = std::convert::Infallible;
@@ -33,6 +35,7 @@ impl<T: Send + Sync + 'static> AsyncEnter for Arc<Mutex<T>> {
 
 macro_rules! release_inline {
     ($($ty:ty),* $(,)?) => {$(
+        #[cfg_attr(docsrs, doc(cfg(feature = "sync")))]
         #[async_trait::async_trait]
         impl<T: ?Sized + Send + Sync + 'static> AsyncExit for $ty {
             async fn exit(self: Box<Self>, _pending: Pending) -> Result<Flow, BoxError> {
@@ -48,6 +51,7 @@ macro_rules! release_inline {
 
 release_inline!(OwnedMutexGuard<T>, OwnedRwLockReadGuard<T>, OwnedRwLockWriteGuard<T>);
 
+#[cfg_attr(docsrs, doc(cfg(feature = "sync")))]
 #[async_trait::async_trait]
 impl AsyncExit for OwnedSemaphorePermit {
     async fn exit(self: Box<Self>, _pending: Pending) -> Result<Flow, BoxError> {

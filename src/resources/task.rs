@@ -16,6 +16,7 @@ use crate::traits::{AsyncEnter, AsyncExit, Flow, Pending};
 
 /// A task the stack awaited failed: it panicked, or something else
 /// cancelled it.
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 #[derive(Debug, thiserror::Error)]
 #[error("task {resource} failed")]
 pub struct TaskError {
@@ -63,6 +64,7 @@ pub struct TaskError {
 /// stack.aclose().await?; // nothing left to reap: no second poll
 /// # Ok(()) }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 #[derive(Debug)]
 pub struct Task<T> {
     /// `None` only after `into_join_handle`.
@@ -71,6 +73,7 @@ pub struct Task<T> {
     taken: bool,
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 impl<T> Task<T> {
     /// Owns `handle`'s task; register the result with `push_resource`.
     pub fn new(handle: JoinHandle<T>) -> Self {
@@ -110,6 +113,7 @@ impl<T> Task<T> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         if let Some(handle) = &self.handle {
@@ -118,6 +122,7 @@ impl<T> Drop for Task<T> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 impl<T> Future for Task<T> {
     type Output = Result<T, JoinError>;
 
@@ -136,6 +141,7 @@ impl<T> Future for Task<T> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 impl<T: Send + 'static> AsyncEnter for JoinHandle<T> {
     type Resource = Task<T>;
     type Error = Infallible;
@@ -145,6 +151,7 @@ impl<T: Send + 'static> AsyncEnter for JoinHandle<T> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 #[async_trait::async_trait]
 impl<T: Send + 'static> AsyncExit for Task<T> {
     async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
@@ -174,6 +181,7 @@ impl<T: Send + 'static> AsyncExit for Task<T> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 #[async_trait::async_trait]
 impl<T: Send + 'static> AsyncExit for JoinSet<T> {
     async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
