@@ -33,7 +33,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_exit_stack::{
-    AsyncEnter, AsyncExit, AsyncExitStack, BoxError, Flow, Linger, Pending, async_trait, drain, scope,
+    AsyncEnter, AsyncExit, AsyncExitStack, BoxError, Flow, Pending, async_trait, drain, linger::Linger, scope,
 };
 
 /// How long a discarded connection may linger for the peer's EOF.

@@ -1,12 +1,12 @@
-//! The background path: where the cleanup of a stack dropped without
-//! `aclose` (or of a cancelled `aclose`) runs, and how an application waits
-//! for it before `main` returns.
+//! Background cleanup: where the cleanup of a stack dropped without
+//! `aclose` (or of a cancelled `aclose`) runs, and [`drain`], with which an
+//! application waits for it before `main` returns.
 //!
-//! # Design
+//! # How it works
 //!
 //! * A stack captures `Handle::try_current()` when it is created. When it
 //!   is dropped holding entries, its remaining entries become one
-//!   [`Unwind`](crate::unwind::Unwind), spawned as **one** task on that
+//!   unwind, spawned as **one** task on that
 //!   runtime, whatever the number of entries. A drop on a thread
 //!   outside the runtime still reaches it through the captured handle.
 //!   If that runtime is gone, the runtime current at the drop (if any) gets
@@ -25,7 +25,7 @@
 //!   so any number of concurrent calls each end as soon as the work is
 //!   done, and none takes another's counts.
 //! * A task that a shutting-down runtime drops before it finished does not
-//!   vanish: the `Unwind` inside it notices in its own `Drop` and falls back
+//!   vanish: the unwind inside it notices in its own `Drop` and falls back
 //!   to synchronous best effort, naming every cleanup that could not run in
 //!   an ERROR event with the true reason. The same happens when there is no
 //!   runtime at all.
@@ -314,8 +314,8 @@ impl DrainReport {
 pub async fn drain(timeout: Duration) -> DrainReport {
     let counts = || [&FINISHED, &FAILED, &LOST].map(|c| c.load(Ordering::Relaxed));
     let start = counts();
-    let mut running = RUNNING.subscribe();
-    let idle = running.wait_for(|n| *n == 0);
+    let mut count = RUNNING.subscribe();
+    let idle = count.wait_for(|n| *n == 0);
     let in_time = match tokio::time::Instant::now().checked_add(timeout) {
         // A deadline too far to add to the clock: no deadline.
         None => idle.await.is_ok(),
@@ -343,12 +343,12 @@ pub async fn drain(timeout: Duration) -> DrainReport {
         finished: end[0].wrapping_sub(start[0]),
         failed: end[1].wrapping_sub(start[1]),
         lost: end[2].wrapping_sub(start[2]),
-        cut_off: if in_time { 0 } else { background_tasks() },
+        cut_off: if in_time { 0 } else { running() },
     }
 }
 
-/// How many background cleanups of the default tracker are running right
-/// now, in the process.
-pub fn background_tasks() -> usize {
+/// How many background cleanups of the default tracker (the one [`drain`]
+/// waits for) are running right now, in the process.
+pub fn running() -> usize {
     *RUNNING.borrow()
 }

@@ -11,7 +11,7 @@
 //! `source()` of a new error, or to log it later) shares the object with
 //! the chain instead of forcing a copy or a wrapper.
 //!
-//! When an entry raises, [`Chain::raise`] applies two rules before the new
+//! When an entry raises, the chain applies two rules before the new
 //! error becomes the newest link:
 //!
 //! * an [`Error`] (a nested stack's or scope's) is flattened into its
@@ -447,7 +447,7 @@ impl From<Error> for io::Error {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use tokio_exit_stack::{scope, Cause, Error, Flow};
+/// use tokio_exit_stack::{scope, error::Cause, Error, Flow};
 ///
 /// #[derive(Debug, thiserror::Error)]
 /// #[error("rollback failed")]
@@ -591,6 +591,20 @@ impl ResourceError {
             source,
         }
     }
+}
+
+#[cfg(feature = "rt")]
+/// A task the stack awaited failed: it panicked, or something else
+/// cancelled it.
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
+#[derive(Debug, thiserror::Error)]
+#[error("task {resource} failed")]
+pub struct TaskError {
+    /// The task's handle type.
+    pub resource: &'static str,
+    /// What the runtime reported.
+    #[source]
+    pub source: tokio::task::JoinError,
 }
 
 /// The message of a caught panic, for reports.

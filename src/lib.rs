@@ -82,23 +82,23 @@
 //!
 //! | Type | Feature | Exit when the scope succeeded | Exit on failure or abandonment | No runtime left (`abandon`) |
 //! |---|---|---|---|---|
-//! | `TcpStream`, `UnixStream` | `net` | shut down the write side, then drain unread input (bounded by the entry's [`Linger`]: by default [`DRAIN_LIMIT`] bytes, [`DRAIN_TIMEOUT`]), so the peer sees a clean EOF, never a reset | same | shut down the write side, drain what is already buffered |
+//! | `TcpStream`, `UnixStream` | `net` | shut down the write side, then drain unread input (bounded by the entry's [`Linger`](crate::linger::Linger): by default [`DRAIN_LIMIT`](crate::linger::DRAIN_LIMIT) bytes, [`DRAIN_TIMEOUT`](crate::linger::DRAIN_TIMEOUT)), so the peer sees a clean EOF, never a reset | same | shut down the write side, drain what is already buffered |
 //! | `fs::File` | `fs` | flush, reporting the error a drop would lose | same | dropped |
 //! | [`fs::Durable`] (a `File`) | `fs` | flush, then `sync_all` | same | dropped |
-//! | `BufWriter<W>` | `io-util` | flush and shut down: no buffered byte lost (bounded by the entry's [`Linger`]: by default [`FLUSH_TIMEOUT`], then a `TimedOut` error) | same | dropped (its buffer is lost) |
+//! | `BufWriter<W>` | `io-util` | flush and shut down: no buffered byte lost (bounded by the entry's [`Linger`](crate::linger::Linger): by default [`FLUSH_TIMEOUT`](crate::linger::FLUSH_TIMEOUT), then a `TimedOut` error) | same | dropped (its buffer is lost) |
 //! | `BufStream<S>` | `io-util` | flush, shut down, drain (bounded likewise) | same | dropped |
 //! | `Arc<Semaphore>` (enters as `OwnedSemaphorePermit`) | `sync` | release, inline, no task | same | release |
 //! | `Arc<Mutex<T>>` (enters as `OwnedMutexGuard`), owned rwlock guards | `sync` | unlock, inline, no task | same | unlock |
 //! | `process::Child` | `process` | wait for it to exit | kill, then reap: no zombie | kill; reap if it already exited |
-//! | `JoinHandle<T>` (enters as a [`Task`]) | `rt` | await it, unless the caller did; a panicked task is a [`TaskError`] | abort, then await (reap) | abort |
-//! | `JoinSet<T>` | `rt` | await every task; each failed one is a [`TaskError`] | abort all, await all | abort all |
+//! | `JoinHandle<T>` (enters as a [`Task`]) | `rt` | await it, unless the caller did; a panicked task is a [`TaskError`](crate::error::TaskError) | abort, then await (reap) | abort |
+//! | `JoinSet<T>` | `rt` | await every task; each failed one is a [`TaskError`](crate::error::TaskError) | abort all, await all | abort all |
 //!
-//! The stream exits bound their flush and drain with timers ([`Linger`],
+//! The stream exits bound their flush and drain with timers ([`Linger`](crate::linger::Linger),
 //! settable per entry or per stack), as do entry timeouts and [`drain`]:
 //! they need the runtime's time driver, which `#[tokio::main]`,
 //! `#[tokio::test]` and `Builder::enable_all` turn on.
 //!
-//! A release that fails returns a [`ResourceError`] naming the resource
+//! A release that fails returns a [`ResourceError`](crate::error::ResourceError) naming the resource
 //! and the step (`shutdown of TcpStream(127.0.0.1:40312 -> 127.0.0.1:8080)
 //! failed during cleanup`, with the I/O error as its `source()`), and the
 //! unwind carries on with the next entry.
@@ -123,7 +123,7 @@
 //!   and no later entry runs.
 //! * **Cancellation** is normal life: a [`scope`] whose future is dropped
 //!   (a timeout, a lost `select!` branch) runs its cleanup in the
-//!   background, its exits told [`AbandonCause::Cancelled`], with a DEBUG
+//!   background, its exits told [`AbandonCause::Cancelled`](error::AbandonCause::Cancelled), with a DEBUG
 //!   event only. A stack made with `new()` and dropped holding entries is a
 //!   WARN (a forgotten `aclose`) unless it was declared
 //!   [`set_cancellable`](AsyncExitStack::set_cancellable).
@@ -131,7 +131,7 @@
 //!   unwind ([`AsyncExitStack::set_unwind_timeout`]).
 //! * **Concurrent groups** ([`AsyncExitStack::enter_group`]) close many
 //!   similar resources at once, in their place in the LIFO order.
-//! * **Strict mode** ([`set_strict`], or `TOKIO_EXIT_STACK_STRICT=1`) makes
+//! * **Strict mode** ([`strict::set`](crate::strict::set), or `TOKIO_EXIT_STACK_STRICT=1`) makes
 //!   a forgotten `aclose` panic at the drop site, for test suites.
 //!
 //! Nothing in the crate blocks in `Drop`, builds a runtime, uses
@@ -186,25 +186,38 @@
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations)]
 
-// Layers, top to bottom; each module imports only modules below it.
-mod background; // dropped or cancelled unwinds, the trackers, drain
-mod erased; // adapters from values and closures to exits
-mod error; // Error, and the errors the stack raises itself
-mod linger; // the bounds of a stream's close
+// Layers, top to bottom; each module uses only modules below it
+// (`tests/layers.rs` checks it):
+//
+//   stack       the facade: AsyncExitStack, scope
+//   register    the registering methods, written once; EntryBuilder, Key
+//   background  dropped or cancelled unwinds, the trackers, drain
+//   strict      strict mode
+//   unwind      the unwind loop
+//   registry    the entries, the LIFO registry, ExitGroup; with owned, the only unsafe
+//   erased      values and closures as exits
+//   resources   the tokio types' exits, one file per area and feature
+//   traits      AsyncEnter, AsyncExit, Pending, Flow, acquire
+//   linger      the bounds of a stream's close
+//   error       Error, and the errors the stack raises itself
+//   owned       the arena pointer and its soundness argument
+pub mod background;
+mod erased;
+pub mod error;
+pub mod linger;
 mod owned;
-mod register; // the registering methods, written once; EntryBuilder, Key
-mod registry; // the entries, the LIFO registry, ExitGroup; the arena's only user
-mod resources; // the tokio types' exits, one file per area and feature
-mod stack; // the facade: AsyncExitStack, scope
-mod strict; // strict mode
-mod traits; // AsyncEnter, AsyncExit, Pending, Flow, acquire
-mod unwind; // the unwind loop // the arena pointer and its soundness argument
+mod register;
+mod registry;
+mod resources;
+mod stack;
+pub mod strict;
+mod traits;
+mod unwind;
 
 pub use async_trait::async_trait;
-pub use linger::{DRAIN_LIMIT, DRAIN_TIMEOUT, FLUSH_TIMEOUT, Linger};
 #[cfg(feature = "rt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
-pub use resources::{Task, TaskError};
+pub use resources::Task;
 
 /// File exits: [`Durable`](fs::Durable), a file that is synced to disk at
 /// exit. (`tokio::fs::File` itself implements [`AsyncExit`] directly.)
@@ -213,12 +226,11 @@ pub use resources::{Task, TaskError};
 pub mod fs {
     pub use crate::resources::fs::Durable;
 }
-pub use background::{DrainReport, background_tasks, drain};
-pub use error::{AbandonCause, Abandoned, BoxError, Cause, Error, PanicError, ResourceError, Suppressed, TimeoutError};
+pub use background::drain;
+pub use error::{BoxError, Error};
 pub use register::{EntryBuilder, Key};
 pub use registry::ExitGroup;
 pub use stack::{AsyncExitStack, scope, scope_suppressible};
-pub use strict::{STRICT_ENV, is_strict, set_strict};
 pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, acquire};
 
 /// The README's examples, compiled and run as doc tests, so that every

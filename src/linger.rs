@@ -53,7 +53,7 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use std::time::Duration;
-/// use tokio_exit_stack::{AsyncExitStack, Linger};
+/// use tokio_exit_stack::{AsyncExitStack, linger::Linger};
 ///
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 /// let mut stack = AsyncExitStack::new();

@@ -263,7 +263,7 @@ impl<'s> EntryBuilder<'s> {
 
     /// Sets this entry's close bounds (flush, lingering drain), winning over
     /// its stack's ([`AsyncExitStack::set_linger`](crate::AsyncExitStack::set_linger)); for a group, the
-    /// bounds of its members that have none of their own. See [`Linger`](crate::Linger).
+    /// bounds of its members that have none of their own. See [`Linger`](crate::linger::Linger).
     pub fn linger(mut self, linger: Linger) -> Self {
         self.options.linger = Some(Arc::new(linger));
         self
@@ -271,7 +271,7 @@ impl<'s> EntryBuilder<'s> {
 
     /// Abandons the entry's exit if it has not finished after `timeout`:
     /// its future, and the resource it owns, are dropped, a
-    /// [`TimeoutError`](crate::TimeoutError) naming the entry becomes the
+    /// [`TimeoutError`](crate::error::TimeoutError) naming the entry becomes the
     /// pending error, and the next entry runs. Needs the runtime's time
     /// driver.
     pub fn timeout(mut self, timeout: Duration) -> Self {

@@ -206,7 +206,7 @@ impl AsyncExitStack {
 
     /// Sets the close bounds (flush, lingering drain) of every stream entry
     /// of this stack that has none of its own
-    /// ([`EntryBuilder::linger`]); see [`Linger`] for the trade-off.
+    /// ([`EntryBuilder::linger`]); see [`Linger`](crate::linger::Linger) for the trade-off.
     /// Stacks made by [`pop_all`](Self::pop_all) keep them.
     pub fn set_linger(&mut self, linger: Linger) {
         self.linger = Some(Arc::new(linger));
@@ -230,7 +230,7 @@ impl AsyncExitStack {
     /// Gives every later unwind of this stack (by `aclose`, a scope's end,
     /// or in the background) a deadline `timeout` after it starts.
     /// The entry running at the deadline is abandoned with a
-    /// [`TimeoutError`](crate::TimeoutError), and each later entry gets one
+    /// [`TimeoutError`](crate::error::TimeoutError), and each later entry gets one
     /// poll to finish (enough for a permit or a guard) before it is
     /// abandoned too. `None` removes the deadline.
     ///
@@ -393,7 +393,7 @@ impl Drop for AsyncExitStack {
     /// # Panics
     ///
     /// Never, outside strict mode. In strict mode
-    /// ([`set_strict`](crate::set_strict)) the drop of a stack holding
+    /// ([`strict::set`](crate::strict::set)) the drop of a stack holding
     /// entries, not declared [cancellable](AsyncExitStack::set_cancellable)
     /// and not part of a panic, panics here, after handing the cleanup off:
     /// the one, opt-in, exception, meant for test suites.
@@ -430,12 +430,12 @@ impl Drop for AsyncExitStack {
         unwind.abandon(cause);
         unwind.parent = Some(std::mem::replace(&mut self.span, Span::none()));
         background::hand_off(unwind);
-        if cause == AbandonCause::Dropped && strict::is_strict() {
+        if cause == AbandonCause::Dropped && strict::is_on() {
             panic!(
                 "exit stack created at {} dropped without aclose while holding {count} entries \
-                 (strict mode, from set_strict or {}); the cleanup still runs in the background",
+                 (strict mode, from strict::set or {}); the cleanup still runs in the background",
                 self.site,
-                strict::STRICT_ENV,
+                strict::ENV,
             );
         }
     }
@@ -452,7 +452,7 @@ impl Drop for AsyncExitStack {
 /// the inner errors as their own links, none twice. If an inner exit
 /// suppressed the outer pending error, the inner stack suppresses it. The
 /// inner stack's entries without close bounds of their own get the outer
-/// entry's ([`Linger`]).
+/// entry's ([`Linger`](crate::linger::Linger)).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -532,7 +532,7 @@ impl AsyncExit for AsyncExitStack {
 /// In Python a suppressed error means the `async with` block completes,
 /// and the code after it runs. In Rust the scope must return a `T`, and a
 /// body that failed has none: `scope` then returns an `Error` holding one
-/// [`Suppressed`] link, which names the entry that suppressed the body's
+/// [`Suppressed`](crate::error::Suppressed) link, which names the entry that suppressed the body's
 /// error (the suppressed error itself appears nowhere). Use
 /// [`scope_suppressible`] when an exit may legitimately suppress the
 /// body's error: it returns `Ok(None)` instead.
@@ -581,7 +581,7 @@ impl AsyncExit for AsyncExitStack {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use tokio_exit_stack::{scope, Flow, Suppressed};
+/// use tokio_exit_stack::{scope, Flow, error::Suppressed};
 ///
 /// let err = scope(async |stack| {
 ///     stack.entry().label("ignore errors").push_exit(|_| Ok::<_, std::io::Error>(Flow::Suppress));

@@ -1,5 +1,11 @@
 //! Strict mode: a forgotten `aclose` panics at the drop site, for test
-//! suites. A process-wide switch, read from the environment at first use.
+//! suites. A process-wide switch ([`set`]), also turned on by the
+//! environment variable [`ENV`] (read once, at first use).
+//!
+//! A stack declared cancellable
+//! ([`AsyncExitStack::set_cancellable`](crate::AsyncExitStack::set_cancellable)),
+//! a `scope`'s stack, and a cancelled `aclose` never trip it: cancellation
+//! is normal life. Tests that drop a stack on purpose declare it.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -7,7 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 static STRICT: AtomicU8 = AtomicU8::new(0);
 
 /// The environment variable that turns strict mode on (`1` or `true`).
-pub const STRICT_ENV: &str = "TOKIO_EXIT_STACK_STRICT";
+pub const ENV: &str = "TOKIO_EXIT_STACK_STRICT";
 
 /// Turns strict mode on or off for the whole process.
 ///
@@ -17,16 +23,16 @@ pub const STRICT_ENV: &str = "TOKIO_EXIT_STACK_STRICT";
 /// default; also turned on by the environment variable
 /// `TOKIO_EXIT_STACK_STRICT=1` (read once, at the first drop that needs
 /// it). Meant for tests and debugging, never for production.
-pub fn set_strict(on: bool) {
+pub fn set(on: bool) {
     STRICT.store(if on { 2 } else { 1 }, Ordering::Relaxed);
 }
 
-/// Whether strict mode is on (see [`set_strict`]).
-pub fn is_strict() -> bool {
+/// Whether strict mode is on (see [`set`]).
+pub fn is_on() -> bool {
     match STRICT.load(Ordering::Relaxed) {
         0 => {
-            let on = std::env::var(STRICT_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-            // Only the first decision sticks, so a racing `set_strict` wins.
+            let on = std::env::var(ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+            // Only the first decision sticks, so a racing `set` wins.
             let _ = STRICT.compare_exchange(0, if on { 2 } else { 1 }, Ordering::Relaxed, Ordering::Relaxed);
             STRICT.load(Ordering::Relaxed) == 2
         }

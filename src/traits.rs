@@ -122,7 +122,7 @@ impl Pending {
 
     /// The newest pending error as a shared handle to keep: the `source()`
     /// of a new error this exit raises, or something to log later. See
-    /// [`Cause`].
+    /// [`Cause`](crate::error::Cause).
     pub fn cause(&self) -> Option<Cause> {
         self.chain.as_deref().and_then(<[Link]>::last).cloned().map(Cause)
     }
@@ -143,7 +143,7 @@ impl Pending {
     /// # #[cfg(feature = "net")]
     /// # mod example {
     /// use std::time::Duration;
-    /// use tokio_exit_stack::{AsyncExit, BoxError, Flow, Linger, Pending, async_trait};
+    /// use tokio_exit_stack::{AsyncExit, BoxError, Flow, linger::Linger, Pending, async_trait};
     ///
     /// struct Pooled(tokio::net::TcpStream);
     ///

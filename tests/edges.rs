@@ -14,7 +14,8 @@ use std::time::Duration;
 use common::{Capture, Log};
 use futures_util::FutureExt as _;
 use tokio_exit_stack::{
-    AbandonCause, Abandoned, AsyncExit, AsyncExitStack, BoxError, Flow, Pending, TimeoutError, async_trait, scope,
+    AsyncExit, AsyncExitStack, BoxError, Flow, Pending, async_trait, error::AbandonCause, error::Abandoned,
+    error::TimeoutError, scope,
 };
 
 /// A resource whose exit never finishes.

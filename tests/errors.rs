@@ -12,7 +12,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use tokio_exit_stack::{
-    AsyncExitStack, BoxError, Cause, Error, Flow, Pending, ResourceError, scope, scope_suppressible,
+    AsyncExitStack, BoxError, Error, Flow, Pending, error::Cause, error::ResourceError, scope, scope_suppressible,
 };
 
 /// An error that may hold the pending error it replaced as its cause

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{Capture, Log};
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
-use tokio_exit_stack::{AsyncExitStack, BoxError, Flow, PanicError, Pending, TimeoutError, scope};
+use tokio_exit_stack::{AsyncExitStack, BoxError, Flow, Pending, error::PanicError, error::TimeoutError, scope};
 
 /// Panics with a `&'static str` payload, returning `()` to the type checker.
 fn boom(message: &'static str) {

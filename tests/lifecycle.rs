@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Capture, Log};
 use tokio::sync::{Notify, oneshot};
-use tokio_exit_stack::{Abandoned, AsyncExitStack, BoxError, Flow, Pending, scope};
+use tokio_exit_stack::{AsyncExitStack, BoxError, Flow, Pending, error::Abandoned, scope};
 
 /// A `current_thread` and a `multi_thread` runtime, built by hand.
 fn both_runtimes() -> [tokio::runtime::Runtime; 2] {

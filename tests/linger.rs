@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufStream, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_exit_stack::{AsyncExitStack, DRAIN_TIMEOUT, FLUSH_TIMEOUT, Linger, ResourceError};
+use tokio_exit_stack::{
+    AsyncExitStack, error::ResourceError, linger::DRAIN_TIMEOUT, linger::FLUSH_TIMEOUT, linger::Linger,
+};
 
 /// A connected pair: the client end, and the server's end, which the test
 /// keeps open and never reads from nor writes to.

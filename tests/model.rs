@@ -18,7 +18,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tokio_exit_stack::{AsyncExitStack, BoxError, Error, Flow, PanicError, Pending, TimeoutError, scope_suppressible};
+use tokio_exit_stack::{
+    AsyncExitStack, BoxError, Error, Flow, Pending, error::PanicError, error::TimeoutError, scope_suppressible,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Behaviour {
@@ -116,7 +118,7 @@ struct Failed(usize);
 struct Chained {
     index: usize,
     #[source]
-    cause: Option<tokio_exit_stack::Cause>,
+    cause: Option<tokio_exit_stack::error::Cause>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +238,7 @@ fn name(e: &(dyn std::error::Error + 'static)) -> String {
         format!("p{}", &p.resource[1..])
     } else if let Some(t) = e.downcast_ref::<TimeoutError>() {
         format!("t{}", &t.resource[1..])
-    } else if e.is::<tokio_exit_stack::Abandoned>() {
+    } else if e.is::<tokio_exit_stack::error::Abandoned>() {
         "abandoned".into()
     } else {
         format!("unknown: {e}")

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tokio::fs::File;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::oneshot;
-use tokio_exit_stack::{AsyncExitStack, ResourceError, acquire};
+use tokio_exit_stack::{AsyncExitStack, acquire, error::ResourceError};
 
 const FILE_LEN: usize = 256 * 1024;
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio_exit_stack::{AsyncExitStack, ResourceError, acquire};
+use tokio_exit_stack::{AsyncExitStack, acquire, error::ResourceError};
 
 /// How each connection ended, as the server saw it.
 #[derive(Default)]

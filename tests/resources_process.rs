@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::sync::oneshot;
-use tokio_exit_stack::{AsyncExitStack, Task, TaskError, scope};
+use tokio_exit_stack::{AsyncExitStack, Task, error::TaskError, scope};
 
 /// The process table's view of `pid`: `None` once it is gone (reaped),
 /// otherwise its state letter (`Z` for a zombie).
@@ -229,7 +229,10 @@ async fn s31_a_task_whose_exit_times_out_is_aborted() {
     let start = tokio::time::Instant::now();
     let err = stack.aclose().await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_secs(5));
-    assert!(err.downcast_ref::<tokio_exit_stack::TimeoutError>().is_some(), "{err}");
+    assert!(
+        err.downcast_ref::<tokio_exit_stack::error::TimeoutError>().is_some(),
+        "{err}"
+    );
     common::eventually("the task is aborted", || dropped.load(Ordering::SeqCst)).await;
 }
 

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 #[cfg(all(feature = "net", feature = "fs"))]
 use tokio_exit_stack::acquire;
 use tokio_exit_stack::{
-    AsyncEnter, AsyncExit, AsyncExitStack, BoxError, Error, Flow, Pending, Suppressed, async_trait, scope,
+    AsyncEnter, AsyncExit, AsyncExitStack, BoxError, Error, Flow, Pending, async_trait, error::Suppressed, scope,
     scope_suppressible,
 };
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::Capture;
-use tokio_exit_stack::{DrainReport, drain};
+use tokio_exit_stack::{background::DrainReport, drain};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
@@ -214,7 +214,7 @@ fn s23_a_callers_task_tracker_tracks_the_stacks_background_cleanup() {
             drop(stack);
         }
         assert_eq!(tracker.len(), 10);
-        assert_eq!(tokio_exit_stack::background_tasks(), 0);
+        assert_eq!(tokio_exit_stack::background::running(), 0);
         let start = tokio::time::Instant::now();
         assert_eq!(drain(Duration::from_secs(60)).await, DrainReport::default());
         assert_eq!(

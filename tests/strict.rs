@@ -88,12 +88,12 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 impl StrictGuard {
     fn on() -> Self {
         let turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        tokio_exit_stack::set_strict(true);
+        tokio_exit_stack::strict::set(true);
         StrictGuard(turn)
     }
 }
 impl Drop for StrictGuard {
     fn drop(&mut self) {
-        tokio_exit_stack::set_strict(false);
+        tokio_exit_stack::strict::set(false);
     }
 }

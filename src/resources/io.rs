@@ -1,5 +1,5 @@
 //! `BufWriter` and `BufStream`: flush and shut down on exit, so no buffered
-//! byte is lost, within the entry's [`Linger`](crate::Linger) bounds.
+//! byte is lost, within the entry's [`Linger`](crate::linger::Linger) bounds.
 
 use std::any::type_name;
 

@@ -4,7 +4,7 @@
 //!
 //! The table of what each exit does is in the crate docs.
 //!
-//! A release that fails reports a [`ResourceError`](crate::ResourceError)
+//! A release that fails reports a [`ResourceError`](crate::error::ResourceError)
 //! naming the resource and the step; the unwind carries on.
 
 #[cfg(any(feature = "net", feature = "io-util"))]
@@ -23,4 +23,4 @@ mod sync;
 mod task;
 
 #[cfg(feature = "rt")]
-pub use task::{Task, TaskError};
+pub use task::Task;

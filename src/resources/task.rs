@@ -11,21 +11,8 @@ use std::task::{Context, Poll};
 
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Error, TaskError};
 use crate::traits::{AsyncEnter, AsyncExit, Flow, Pending};
-
-/// A task the stack awaited failed: it panicked, or something else
-/// cancelled it.
-#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
-#[derive(Debug, thiserror::Error)]
-#[error("task {resource} failed")]
-pub struct TaskError {
-    /// The task's handle type.
-    pub resource: &'static str,
-    /// What the runtime reported.
-    #[source]
-    pub source: JoinError,
-}
 
 /// A spawned task owned by a stack: what entering a `JoinHandle` lends
 /// back.
@@ -38,10 +25,10 @@ pub struct TaskError {
 ///
 /// * output taken by the caller: the exit has nothing left to do;
 /// * otherwise, when the unwind succeeded so far: the exit awaits the task,
-///   and a task that panicked or was cancelled is a [`TaskError`];
+///   and a task that panicked or was cancelled is a [`TaskError`](crate::error::TaskError);
 /// * when an error is pending (or the stack was abandoned): the exit aborts
 ///   the task and awaits it (reaps it), and a panic it had already died of
-///   is still a [`TaskError`].
+///   is still a [`TaskError`](crate::error::TaskError).
 ///
 /// On success the exit waits for the task **as long as it runs**: give the
 /// entry a timeout (`stack.entry().timeout(..)`) for a task that might not

@@ -253,7 +253,7 @@ pub fn drop_forgotten(stack: tokio_exit_stack::AsyncExitStack) {
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(stack))).is_err();
     assert_eq!(
         panicked,
-        tokio_exit_stack::is_strict() && holds_entries,
+        tokio_exit_stack::strict::is_on() && holds_entries,
         "a forgotten aclose panics at the drop site in strict mode, and only then"
     );
 }
