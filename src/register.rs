@@ -234,14 +234,16 @@ impl<T> fmt::Debug for Key<T> {
 #[must_use = "an EntryBuilder registers nothing until one of its registering methods is called"]
 pub struct EntryBuilder<'s> {
     registry: &'s Registry,
-    options: Options,
+    /// Allocated on the first option set: a plain registration carries
+    /// none, and pays nothing for them.
+    options: Option<Box<Options>>,
 }
 
 impl std::fmt::Debug for EntryBuilder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EntryBuilder")
-            .field("label", &self.options.label)
-            .field("timeout", &self.options.timeout)
+            .field("label", &self.options.as_ref().and_then(|o| o.label.as_ref()))
+            .field("timeout", &self.options.as_ref().and_then(|o| o.timeout))
             .finish()
     }
 }
@@ -250,14 +252,14 @@ impl<'s> EntryBuilder<'s> {
     pub(crate) fn new(registry: &'s Registry) -> Self {
         Self {
             registry,
-            options: Options::default(),
+            options: None,
         }
     }
 
     /// Names the entry in tracing output and in the stack's own errors,
     /// instead of its type name.
     pub fn label(mut self, label: impl Into<Cow<'static, str>>) -> Self {
-        self.options.label = Some(label.into());
+        self.options.get_or_insert_default().label = Some(label.into());
         self
     }
 
@@ -265,7 +267,7 @@ impl<'s> EntryBuilder<'s> {
     /// its stack's ([`AsyncExitStack::set_linger`](crate::AsyncExitStack::set_linger)); for a group, the
     /// bounds of its members that have none of their own. See [`Linger`](crate::linger::Linger).
     pub fn linger(mut self, linger: Linger) -> Self {
-        self.options.linger = Some(Arc::new(linger));
+        self.options.get_or_insert_default().linger = Some(Arc::new(linger));
         self
     }
 
@@ -275,7 +277,7 @@ impl<'s> EntryBuilder<'s> {
     /// pending error, and the next entry runs. Needs the runtime's time
     /// driver.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.options.timeout = Some(timeout);
+        self.options.get_or_insert_default().timeout = Some(timeout);
         self
     }
 
@@ -298,7 +300,7 @@ impl<'s> EntryBuilder<'s> {
     /// [`AsyncExitStack::push_keyed`](crate::AsyncExitStack::push_keyed) with these options.
     pub fn push_keyed<T: AsyncExit>(mut self, resource: T) -> (Key<T>, &'s mut T) {
         let key = Registry::new_key();
-        self.options.key = Some(key);
+        self.options.get_or_insert_default().key = Some(key);
         let resource = self.registry.register_async(resource, self.options);
         (
             Key {

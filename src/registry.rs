@@ -27,8 +27,8 @@
 use std::borrow::Cow;
 use std::num::NonZeroU64;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::erased::{ErasedExit, SyncExit, label_of};
@@ -59,16 +59,6 @@ pub(crate) struct Options {
     pub(crate) linger: Option<Arc<Linger>>,
     /// Set for a keyed registration: what its `Key` names.
     pub(crate) key: Option<NonZeroU64>,
-}
-
-impl Options {
-    /// `None` for the defaults, so that plain registrations allocate nothing
-    /// for them.
-    #[inline]
-    fn boxed(self) -> Option<Box<Options>> {
-        (self.label.is_some() || self.timeout.is_some() || self.linger.is_some() || self.key.is_some())
-            .then(|| Box::new(self))
-    }
 }
 
 /// One registration. Inside a [`Registry`] it is only pushed and counted;
@@ -172,30 +162,35 @@ impl Entry {
 ///
 /// Registration takes `&self`, so the vector sits behind a lock: that is
 /// what makes `&AsyncExitStack` (and a future holding it) `Send`. The lock
-/// is a spin lock (`spin::Mutex`): it is held only for a `Vec::push`, never
-/// across an `.await`, and is contended only if two threads register on
-/// one stack at the same instant, which needs scoped threads sharing it.
-/// Uncontended it costs one compare-and-swap and a plain release store,
-/// where `std::sync::Mutex` pays two atomic read-modify-writes and a poison
-/// check.
+/// is `std::sync::Mutex`, held only for a `Vec::push`, never across an
+/// `.await`, and contended only if two threads register on one stack at
+/// the same instant (scoped threads sharing it); a contended waiter parks
+/// instead of spinning on a tokio worker. A poisoned lock is recovered:
+/// a push cannot leave the vector half-written.
 #[derive(Default)]
 pub(crate) struct Registry {
     /// Newest last. Under `&self`, only pushed to and counted (module docs).
-    entries: spin::Mutex<Vec<Entry>>,
+    entries: Mutex<Vec<Entry>>,
 }
 
 impl From<Vec<Entry>> for Registry {
     fn from(entries: Vec<Entry>) -> Self {
         Self {
-            entries: spin::Mutex::new(entries),
+            entries: Mutex::new(entries),
         }
     }
 }
 
 impl Registry {
     #[inline]
-    fn lock(&self) -> spin::MutexGuard<'_, Vec<Entry>> {
-        self.entries.lock()
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The entries, under `&mut`: no lock needed.
+    #[inline]
+    fn entries_mut(&mut self) -> &mut Vec<Entry> {
+        self.entries.get_mut().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -204,13 +199,13 @@ impl Registry {
 
     /// Takes every entry out; needs `&mut`, so no lent resource is alive.
     pub(crate) fn take(&mut self) -> Vec<Entry> {
-        std::mem::take(self.entries.get_mut())
+        std::mem::take(self.entries_mut())
     }
 
     /// The keyed resource `key` names, if it is registered here and is a
     /// `T`; needs `&mut`, so no lent resource is alive.
     pub(crate) fn keyed_mut<T: 'static>(&mut self, key: NonZeroU64) -> Option<&mut T> {
-        let entry = self.entries.get_mut().iter_mut().rev().find(|e| e.key() == Some(key))?;
+        let entry = self.entries_mut().iter_mut().rev().find(|e| e.key() == Some(key))?;
         match &mut entry.exit {
             // SAFETY: `&mut self`: no borrow lent at registration is alive,
             // and the one returned ends before the next `&self` use.
@@ -224,7 +219,7 @@ impl Registry {
     pub(crate) fn take_keyed<T: 'static>(&mut self, key: NonZeroU64) -> Option<T> {
         // Checked before it leaves the vector: a mismatch leaves it there.
         self.keyed_mut::<T>(key)?;
-        let entries = self.entries.get_mut();
+        let entries = self.entries_mut();
         let at = entries.iter().rposition(|e| e.key() == Some(key))?;
         match entries.remove(at).release().0 {
             Released::Async(exit) => exit.into_any().downcast::<T>().ok().map(|t| *t),
@@ -242,8 +237,7 @@ impl Registry {
     }
 
     #[inline]
-    fn push(&self, exit: Exit, options: Options) {
-        let options = options.boxed();
+    fn push(&self, exit: Exit, options: Option<Box<Options>>) {
         let mut entries = self.lock();
         if entries.capacity() == 0 {
             *entries = spare::take();
@@ -254,7 +248,7 @@ impl Registry {
     /// Moves `value` into its own allocation, registers it as the newest
     /// entry, and lends it to the caller for as long as `&self` lives.
     #[allow(clippy::mut_from_ref)] // the arena design: see `owned.rs`
-    pub(crate) fn register_async<T: ErasedExit + 'static>(&self, value: T, options: Options) -> &mut T {
+    pub(crate) fn register_async<T: ErasedExit + 'static>(&self, value: T, options: Option<Box<Options>>) -> &mut T {
         // SAFETY: the borrow lives as long as `&self`; entries are read or
         // freed only under `&mut self`, by value, or by dropping the
         // registry (module docs).
@@ -265,7 +259,7 @@ impl Registry {
 
     /// [`register_async`](Self::register_async) for synchronous exits.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) fn register_sync<T: SyncExit + 'static>(&self, value: T, options: Options) -> &mut T {
+    pub(crate) fn register_sync<T: SyncExit + 'static>(&self, value: T, options: Option<Box<Options>>) -> &mut T {
         // SAFETY: as in `register_async`.
         let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn SyncExit) };
         self.push(Exit::Sync(owner), options);
@@ -273,7 +267,7 @@ impl Registry {
     }
 
     /// [`register_async`](Self::register_async) for a new, empty group.
-    pub(crate) fn register_group(&self, options: Options) -> &ExitGroup {
+    pub(crate) fn register_group(&self, options: Option<Box<Options>>) -> &ExitGroup {
         let group = ExitGroup {
             registry: Registry::default(),
         };

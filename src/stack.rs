@@ -33,7 +33,7 @@
 //! with the soundness argument written there and checked by Miri.
 //!
 //! Registration takes `&self`, so the entry vector sits behind a short
-//! spin lock (see `Registry`), never held across an `.await`. That is what
+//! lock (see `Registry`), never held across an `.await`. That is what
 //! makes `&AsyncExitStack`, and so a future holding it, `Send`.
 
 use std::borrow::Cow;
@@ -738,6 +738,34 @@ mod tests {
         let mut moved = stack.pop_all();
         block_on(moved.aclose()).unwrap();
         assert_eq!(closed.load(Ordering::SeqCst), 2 + 3 + 5);
+    }
+
+    #[test]
+    fn threads_registering_on_one_stack_at_once_lose_no_entry() {
+        let closed = Arc::new(AtomicUsize::new(0));
+        let mut stack = AsyncExitStack::new();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (stack, closed) = (&stack, closed.clone());
+                s.spawn(move || {
+                    for i in 0..25 {
+                        let r = stack.push_resource(Resource {
+                            data: vec![t; 1],
+                            closed: closed.clone(),
+                        });
+                        r.data.push(i);
+                        stack.callback(|| {});
+                    }
+                });
+            }
+        });
+        assert_eq!(stack.len(), 4 * 25 * 2);
+        block_on(stack.aclose()).unwrap();
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            4 * 25 * 2,
+            "every resource, each two bytes"
+        );
     }
 
     #[test]

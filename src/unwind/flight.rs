@@ -198,11 +198,17 @@ impl Unwind {
 
     /// The span of one entry, and when it started; nothing when entry spans
     /// are not recorded.
-    #[inline]
+    #[inline(always)]
     pub(super) fn trace(&self, parent: Option<&Span>, label: &str) -> Trace {
         if !self.spans {
             return None;
         }
+        Self::traced(parent, label)
+    }
+
+    /// [`trace`](Self::trace) when spans are recorded, out of line.
+    #[inline(never)]
+    fn traced(parent: Option<&Span>, label: &str) -> Trace {
         let span = match parent {
             Some(parent) => {
                 debug_span!(parent: parent, "exit", resource = %label, outcome = field::Empty, elapsed_us = field::Empty)
