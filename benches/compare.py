@@ -1,12 +1,14 @@
-"""Runs the Rust benches and Python's AsyncExitStack in one go and prints
-them side by side, with every ratio of the performance budget marked met or
-missed. This is the one command behind BENCHMARKS.md:
+"""The one command behind BENCHMARKS.md:
 
-    python3 benches/compare.py            # cargo bench + Python, ~4 minutes
-    python3 benches/compare.py --no-cargo # reuse target/criterion results
+    python3 benches/compare.py          # 3 runs of side_by_side + CPython, ~3 minutes
+    python3 benches/compare.py --quick  # 1 short run
 
-Figures are criterion's medians (Rust) and best-of-5 batches (Python), in
-nanoseconds per entry for register + unwind.
+Runs `cargo bench --bench side_by_side` (the crate and the bare lists,
+interleaved sample by sample in one process) three times, then Python's
+`contextlib.AsyncExitStack` right after, and prints the tables of
+BENCHMARKS.md: for each goal, the median over the runs of each run's paired
+median ratio, with the range of those run medians and the widest
+interquartile spread seen within a run.
 """
 
 import json
@@ -16,13 +18,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CRITERION = os.path.join(ROOT, "target", "criterion")
-SIZES = (1, 10, 100, 1000)
-
-
-def median_ns(*path):
-    with open(os.path.join(CRITERION, *path, "new", "estimates.json")) as f:
-        return json.load(f)["median"]["point_estimate"]
 
 
 def machine():
@@ -36,58 +31,76 @@ def machine():
     except OSError:
         pass
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; {rustc}; Python {platform.python_version()}"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return f"commit {head}; {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; {rustc}; Python {platform.python_version()}"
+
+
+def run_side_by_side(quick):
+    args = ["cargo", "bench", "-q", "--bench", "side_by_side", "--"] + (["--quick"] if quick else [])
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("JSON "))
+    return json.loads(line[5:])
+
+
+GOALS = {
+    ("async callbacks", 1): 1.25, ("async callbacks", None): 1.0,
+    ("entered resources", 1): 1.25, ("entered resources", None): 1.15,
+    ("sync callbacks", 1): None, ("sync callbacks", None): 1.25,
+    ("scope with async callbacks", 1): 1.25, ("scope with async callbacks", None): 1.25,
+}
+
+
+def goal(op, n):
+    return GOALS.get((op, n), GOALS.get((op, None)))
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
 
 
 def main():
-    if "--no-cargo" not in sys.argv:
-        subprocess.run(["cargo", "bench", "--bench", "stack"], cwd=ROOT, check=True)
+    quick = "--quick" in sys.argv
+    runs = [run_side_by_side(quick) for _ in range(1 if quick else 3)]
     py = json.loads(
         subprocess.run(
             [sys.executable, os.path.join(ROOT, "benches", "python_baseline.py")],
             capture_output=True, text=True, check=True,
         ).stdout
     )
-
-    print(f"Machine: {machine()}\n")
-    print("Register + unwind, ns per entry (lower is better)\n")
-    print("| kind | entries | this crate | erased baseline | hand-written | Python | crate / erased | Python / crate |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    verdicts = []
-    for kind in ("callbacks", "resources"):
-        for n in SIZES:
-            group = f"register_unwind_{kind}"
-            stack = median_ns(group, "stack", str(n)) / n
-            erased = median_ns(group, "erased", str(n)) / n
-            hand = median_ns(group, "hand_written", str(n)) / n
-            python = py[kind][str(n)]
-            print(f"| {kind} | {n} | {stack:.1f} | {erased:.1f} | {hand:.1f} | {python:.0f} | {stack / erased:.2f}x | {python / stack:.1f}x |")
-            if n == 100:
-                verdicts.append((f"{kind}: at most 1.25x the erased baseline at 100 entries", stack / erased <= 1.25, f"{stack / erased:.2f}x"))
-                verdicts.append((f"{kind}: at least 25x below Python at 100 entries", python / stack >= 25, f"{python / stack:.1f}x"))
-
-    print("\nBackground path: a stack dropped with n entries, until its cleanup finished\n")
-    print("| entries | dropped stack | hand-written tokio::spawn | ratio |")
-    print("|---:|---:|---:|---:|")
-    for n in (1, 100):
-        s, h = median_ns("background", "stack", str(n)), median_ns("background", "spawn", str(n))
-        print(f"| {n} | {s / 1000:.2f} µs | {h / 1000:.2f} µs | {s / h:.2f}x |")
-
-    g, q = median_ns("group_vs_sequential", "group"), median_ns("group_vs_sequential", "sequential")
-    print("\n1,000 exits that each await a 1 ms timer\n")
-    print("| concurrent group | sequential unwind | speed-up |")
+    print(f"Measured: {machine()}; {len(runs)} run(s) of side_by_side.\n")
+    print("| operation | entries | crate ns/entry | bare, fresh vec | bare, reused vec | crate / fresh: median of run medians (their range; widest in-run p25-p75) | goal | verdict | crate / reused |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    keys = [(r["op"], r["n"]) for r in runs[0]["rows"]]
+    crate100 = {}
+    for op, n in keys:
+        rows = [next(r for r in run["rows"] if r["op"] == op and r["n"] == n) for run in runs]
+        ratio = median([r["ratio"] for r in rows])
+        lo, hi = min(r["ratio"] for r in rows), max(r["ratio"] for r in rows)
+        p25, p75 = min(r["p25"] for r in rows), max(r["p75"] for r in rows)
+        g = goal(op, n)
+        verdict = "no goal" if g is None else ("met" if ratio <= g else "**missed**")
+        crate = median([r["crate"] for r in rows])
+        if n == 100:
+            crate100[op] = crate
+        print(
+            f"| {op} | {n:,} | {crate:.1f} | {median([r['fresh'] for r in rows]):.1f} | {median([r['reuse'] for r in rows]):.1f} "
+            f"| {ratio:.2f}x ({lo:.2f}-{hi:.2f}; {p25:.2f}-{p75:.2f}) | {'-' if g is None else f'≤ {g:.2f}x'} | {verdict} "
+            f"| {median([r['ratio_reuse'] for r in rows]):.2f}x |"
+        )
+    print("\nCPython's `contextlib.AsyncExitStack`, measured right after in the same session (best of 5 batches; "
+          "a quiet machine favours neither side more than the other):\n")
+    print("| 100 entries | this crate ns/entry | CPython ns/entry | CPython / crate | goal | verdict |")
+    print("|---|---:|---:|---:|---:|---|")
+    for op, pykey in (("async callbacks", "callbacks"), ("entered resources", "resources")):
+        p = py[pykey]["100"]
+        c = crate100[op]
+        print(f"| {op} | {c:.1f} | {p:.0f} | {p / c:.1f}x | ≥ 25x | {'met' if p / c >= 25 else '**missed**'} |")
+    t = [median([run["tracing"][k] for run in runs]) for k in range(3)]
+    print("\nTracing, 100 async callbacks, ns per entry:\n")
+    print("| no subscriber | subscriber filtering the crate out | subscriber recording the crate's spans (no output) |")
     print("|---:|---:|---:|")
-    print(f"| {g / 1e6:.2f} ms | {q / 1e6:.0f} ms | {q / g:.0f}x |")
-
-    a, b = median_ns("tracing", "no_subscriber") / 100, median_ns("tracing", "filtered_out") / 100
-    print("\nTracing instrumentation, 100 callbacks, ns per entry\n")
-    print("| no subscriber | subscriber filtering the crate out | ratio |")
-    print("|---:|---:|---:|")
-    print(f"| {a:.1f} | {b:.1f} | {b / a:.2f}x |")
-
-    print("\nBudget\n")
-    for text, ok, figure in verdicts:
-        print(f"- {text}: {figure}, {'met' if ok else 'MISSED'}")
+    print(f"| {t[0]:.1f} | {t[1]:.1f} ({t[1] / t[0]:.2f}x) | {t[2]:.1f} ({t[2] / t[0]:.2f}x) |")
 
 
 if __name__ == "__main__":

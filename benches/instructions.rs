@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Workloads: `stack-callbacks`, `erased-callbacks`, `stack-resources`,
-//! `erased-resources`; the second argument is the number of entries. Each
+//! `erased-resources`, each also as `filtered-<workload>` (under a
+//! subscriber that filters the crate out); the second argument is the
+//! number of entries. Each
 //! runs 1,000 register + unwind rounds after one warm-up round.
 
 mod common;
@@ -68,6 +70,20 @@ fn main() {
         return;
     };
     let n: usize = n.parse().expect("number of entries");
+    // `filtered-<workload>`: the same under a subscriber that filters the
+    // crate's spans and events out (only ERROR passes).
+    let (workload, _filtered) = match workload.strip_prefix("filtered-") {
+        Some(rest) => {
+            use tracing_subscriber::prelude::*;
+            let subscriber = tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer().with_writer(std::io::sink).with_filter(
+                    tracing_subscriber::filter::Targets::new().with_target("tokio_exit_stack", tracing::Level::ERROR),
+                ),
+            );
+            (rest, Some(tracing::subscriber::set_default(subscriber)))
+        }
+        None => (workload.as_str(), None),
+    };
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
         round(workload, n).await;

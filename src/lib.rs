@@ -131,7 +131,7 @@
 //!   unwind ([`AsyncExitStack::set_unwind_timeout`]).
 //! * **Concurrent groups** ([`AsyncExitStack::enter_group`]) close many
 //!   similar resources at once, in their place in the LIFO order.
-//! * **Strict mode** ([`strict::set`](crate::strict::set), or `TOKIO_EXIT_STACK_STRICT=1`) makes
+//! * **Strict mode** ([`strict::set`], or `TOKIO_EXIT_STACK_STRICT=1`) makes
 //!   a forgotten `aclose` panic at the drop site, for test suites.
 //!
 //! Nothing in the crate blocks in `Drop`, builds a runtime, uses
