@@ -196,6 +196,43 @@ impl Unwind {
         }
     }
 
+    /// The short path of [`start`](Self::start) and the first poll, for an
+    /// async entry without options when no span is recorded and no deadline
+    /// set: no timer to arm, no span to enter, nothing stored unless the
+    /// exit is still pending after its first poll (then it is returned, to
+    /// be kept in flight). Same outcomes as the long path.
+    #[inline]
+    pub(super) fn run_plain(&mut self, entry: Entry, cx: &mut Context<'_>) -> Option<InFlight> {
+        let label = entry.label(self.detailed);
+        let pending = self.pending(None);
+        let Released::Async(exit) = entry.release().0 else {
+            return None; // not reached: the caller checked `is_plain_async`
+        };
+        let mut future = match catch_unwind(AssertUnwindSafe(|| exit.start(pending))) {
+            Ok(future) => future,
+            Err(payload) => {
+                self.settle(label, None, Err(Fail::Panic(payload)));
+                return None;
+            }
+        };
+        let outcome = match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(Ok(Flow::Propagate))) => return None,
+            Ok(Poll::Pending) => {
+                return Some(InFlight {
+                    work: Work::One(future),
+                    label,
+                    trace: None,
+                    until: None,
+                });
+            }
+            Ok(Poll::Ready(Ok(flow))) => Ok(flow),
+            Ok(Poll::Ready(Err(e))) => Err(Fail::Error(e)),
+            Err(payload) => Err(Fail::Panic(payload)),
+        };
+        self.settle(label, None, outcome);
+        None
+    }
+
     /// The span of one entry, and when it started; nothing when entry spans
     /// are not recorded.
     #[inline(always)]

@@ -99,6 +99,9 @@ pub(crate) struct Unwind {
     /// that with no subscriber the loop does no tracing work per entry.
     detailed: bool,
     spans: bool,
+    /// No entry spans and no unwind deadline: an entry without options
+    /// takes the short path (`run_plain`).
+    plain: bool,
     /// Set once the outcome has been handed over; `Drop` then does nothing.
     pub(crate) done: bool,
     /// Whether the loop yields to the scheduler every `YIELD_EVERY`
@@ -158,6 +161,7 @@ impl Unwind {
             span: None,
             detailed: true,
             spans: true,
+            plain: false,
             done: false,
             cooperative: false,
             yielding: None,
@@ -218,6 +222,7 @@ impl Unwind {
             // A budget too large to add to the clock means no deadline.
             self.deadline = Instant::now().checked_add(budget);
         }
+        self.plain = !self.spans && self.deadline.is_none();
         std::future::poll_fn(|cx| self.poll_run(cx)).instrument(span).await;
     }
 
@@ -258,6 +263,13 @@ impl Unwind {
             };
             // Poll a new exit right away: most finish on their first poll,
             // and then never need to be stored.
+            if self.plain && entry.is_plain_async() {
+                if let Some(flight) = self.run_plain(entry, cx) {
+                    self.current = Some(flight);
+                    return Poll::Pending;
+                }
+                continue;
+            }
             if let Some(mut flight) = self.start(entry) {
                 match flight.poll(cx) {
                     Poll::Ready(outcome) => self.finish_flight(flight, outcome),
@@ -330,6 +342,7 @@ impl Unwind {
             span: self.span.take(),
             detailed: self.detailed,
             spans: self.spans,
+            plain: self.plain,
             done: false,
             cooperative: self.cooperative,
             yielding: None,
