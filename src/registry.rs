@@ -76,10 +76,10 @@ impl Entry {
         self.options.as_ref().and_then(|o| o.timeout)
     }
 
-    /// An async exit with no options: the unwind's short path.
+    /// A sync or async exit with no options: the unwind's short path.
     #[inline]
-    pub(crate) fn is_plain_async(&self) -> bool {
-        self.options.is_none() && matches!(self.exit, Exit::Async(_))
+    pub(crate) fn is_plain(&self) -> bool {
+        self.options.is_none() && !matches!(self.exit, Exit::Group(_))
     }
 
     /// Whether the exit is synchronous (runs inline, needs no runtime).

@@ -196,17 +196,23 @@ impl Unwind {
         }
     }
 
-    /// The short path of [`start`](Self::start) and the first poll, for an
-    /// async entry without options when no span is recorded and no deadline
-    /// set: no timer to arm, no span to enter, nothing stored unless the
+    /// The short path of [`start`](Self::start) and the first poll, for a
+    /// sync or async entry without options when no span is recorded and no
+    /// deadline set: no timer to arm, no span to enter, nothing stored unless the
     /// exit is still pending after its first poll (then it is returned, to
     /// be kept in flight). Same outcomes as the long path.
     #[inline]
     pub(super) fn run_plain(&mut self, entry: Entry, cx: &mut Context<'_>) -> Option<InFlight> {
         let label = entry.label(self.detailed);
         let pending = self.pending(None);
-        let Released::Async(exit) = entry.release().0 else {
-            return None; // not reached: the caller checked `is_plain_async`
+        let exit = match entry.release().0 {
+            Released::Async(exit) => exit,
+            Released::Sync(exit) => {
+                let outcome = flatten(catch_unwind(AssertUnwindSafe(|| exit.exit(&pending))));
+                self.settle(label, None, outcome);
+                return None;
+            }
+            Released::Group(_) => return None, // not reached: the caller checked `is_plain`
         };
         let mut future = match catch_unwind(AssertUnwindSafe(|| exit.start(pending))) {
             Ok(future) => future,

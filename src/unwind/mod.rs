@@ -263,7 +263,7 @@ impl Unwind {
             };
             // Poll a new exit right away: most finish on their first poll,
             // and then never need to be stored.
-            if self.plain && entry.is_plain_async() {
+            if self.plain && entry.is_plain() {
                 if let Some(flight) = self.run_plain(entry, cx) {
                     self.current = Some(flight);
                     return Poll::Pending;
