@@ -96,11 +96,6 @@ def main():
         p = py[pykey]["100"]
         c = crate100[op]
         print(f"| {op} | {c:.1f} | {p:.0f} | {p / c:.1f}x | ≥ 25x | {'met' if p / c >= 25 else '**missed**'} |")
-    t = [median([run["tracing"][k] for run in runs]) for k in range(3)]
-    print("\nTracing, 100 async callbacks, ns per entry:\n")
-    print("| no subscriber | subscriber filtering the crate out | subscriber recording the crate's spans (no output) |")
-    print("|---:|---:|---:|")
-    print(f"| {t[0]:.1f} | {t[1]:.1f} ({t[1] / t[0]:.2f}x) | {t[2]:.1f} ({t[2] / t[0]:.2f}x) |")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@
 //!
 //! Workloads: `stack-callbacks`, `erased-callbacks`, `stack-resources`,
 //! `erased-resources`, each also as `filtered-<workload>` (under a
-//! subscriber that filters the crate out); the second argument is the
-//! number of entries. Each
+//! subscriber that filters the crate out) and `recording-<workload>` (one
+//! that records the crate's spans, printing nothing); the second argument
+//! is the number of entries. Each
 //! runs 1,000 register + unwind rounds after one warm-up round.
 
 mod common;
@@ -63,6 +64,22 @@ async fn round(workload: &str, n: usize) {
     }
 }
 
+/// Records every span it is given (counts them); prints nothing.
+struct Recording;
+
+static SPANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recording {
+    fn on_new_span(
+        &self,
+        _: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        SPANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` runs every bench binary with `--bench`: do nothing then.
@@ -72,17 +89,22 @@ fn main() {
     let n: usize = n.parse().expect("number of entries");
     // `filtered-<workload>`: the same under a subscriber that filters the
     // crate's spans and events out (only ERROR passes).
-    let (workload, _filtered) = match workload.strip_prefix("filtered-") {
-        Some(rest) => {
-            use tracing_subscriber::prelude::*;
-            let subscriber = tracing_subscriber::registry().with(
-                tracing_subscriber::fmt::layer().with_writer(std::io::sink).with_filter(
-                    tracing_subscriber::filter::Targets::new().with_target("tokio_exit_stack", tracing::Level::ERROR),
-                ),
-            );
-            (rest, Some(tracing::subscriber::set_default(subscriber)))
-        }
-        None => (workload.as_str(), None),
+    // `recording-<workload>`: under one that records the crate's spans
+    // (a layer that counts them, and prints nothing).
+    use tracing_subscriber::prelude::*;
+    let targets = |level| tracing_subscriber::filter::Targets::new().with_target("tokio_exit_stack", level);
+    let (workload, _subscriber) = if let Some(rest) = workload.strip_prefix("filtered-") {
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::sink)
+                .with_filter(targets(tracing::Level::ERROR)),
+        );
+        (rest, Some(tracing::subscriber::set_default(subscriber)))
+    } else if let Some(rest) = workload.strip_prefix("recording-") {
+        let subscriber = tracing_subscriber::registry().with(Recording.with_filter(targets(tracing::Level::TRACE)));
+        (rest, Some(tracing::subscriber::set_default(subscriber)))
+    } else {
+        (workload.as_str(), None)
     };
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
