@@ -140,7 +140,14 @@ impl AsyncExitStack {
             unwind_timeout: None,
             cancellable: false,
             tracker: None,
-            span: Span::current(),
+            // With no dispatcher ever set, nothing could record a span:
+            // skip the lookup (one atomic load instead; `has_been_set` is
+            // what tracing's own macro expansions call, so it stays).
+            span: if tracing::dispatcher::has_been_set() {
+                Span::current()
+            } else {
+                Span::none()
+            },
             linger: None,
         }
     }

@@ -201,6 +201,9 @@ impl Unwind {
     }
 
     fn span(&mut self) -> Span {
+        if !tracing::dispatcher::has_been_set() {
+            return Span::none(); // nothing could record it
+        }
         let (site, entries, reason) = (self.site, self.entries.len(), self.reason.as_str());
         let parent = self.parent.take();
         self.span
