@@ -66,7 +66,8 @@
 //! | `stack.push(fn)` | [`push_exit`](AsyncExitStack::push_exit)`(\|pending\| ...)` |
 //! | `stack.push_async_callback(fn, *args)` | [`push_async_callback`](AsyncExitStack::push_async_callback)`(move \|\| async move { ... })` |
 //! | `stack.callback(fn, *args)` | [`callback`](AsyncExitStack::callback)`(move \|\| ...)` |
-//! | `stack.pop_all()` | [`pop_all`](AsyncExitStack::pop_all) |
+//! | `stack.pop_all()` | [`pop_all`](AsyncExitStack::pop_all); to take resources back out, owned: [`enter_keyed`](AsyncExitStack::enter_keyed), then [`take`](AsyncExitStack::take) |
+//! | a stack entered in another | `outer.push_resource(inner)`: a stack is itself a resource |
 //! | `await stack.aclose()` | [`aclose`](AsyncExitStack::aclose)`().await` |
 //! | `__aexit__` returns `True` | an exit returns [`Flow::Suppress`] |
 //! | exception passed to `__aexit__` | [`Pending`] |

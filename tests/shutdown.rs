@@ -28,6 +28,15 @@ fn runtime(multi: bool) -> tokio::runtime::Runtime {
     }
 }
 
+/// A `current_thread` runtime on tokio's paused clock.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 /// Resets the process-wide counters.
 fn reset() {
     runtime(false).block_on(drain(Duration::from_secs(30)));
@@ -162,11 +171,7 @@ fn s23_a_drain_on_another_runtime_counts_cleanups_lost_to_a_shutdown_during_its_
 fn s23_concurrent_drains_each_end_when_the_work_is_done_and_count_it_all() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     reset();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         for _ in 0..100 {
             let stack = common::cancellable();
@@ -197,11 +202,7 @@ fn s23_concurrent_drains_each_end_when_the_work_is_done_and_count_it_all() {
 fn s23_a_callers_task_tracker_tracks_the_stacks_background_cleanup() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     reset();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let tracker = tokio_util::task::TaskTracker::new();
         for _ in 0..10 {
@@ -290,11 +291,7 @@ fn s35_a_cleanup_lost_with_no_runtime_gives_that_reason() {
 fn s23_a_drain_deadline_reports_the_cleanups_it_cut_off() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     reset();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         for secs in [1, 2, 10, 20] {
             let stack = common::cancellable();
