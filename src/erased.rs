@@ -182,11 +182,12 @@ where
 pin_project_lite::pin_project! {
     /// An async closure and, once started, its future, in one allocation:
     /// registering allocates the cell, and unwinding reuses it as the exit
-    /// future, so an async callback costs one allocation, not two.
+    /// future, so an async callback costs one allocation, not two. The
+    /// closure is called when the exit starts (under the unwind's
+    /// `catch_unwind`), so polling only drives the future.
     #[project = CellProj]
-    #[project_replace = CellTake]
     pub(crate) enum ExitCell<C: ExitClosure> {
-        Ready { closure: C, pending: Pending },
+        Ready { closure: C },
         Running { #[pin] future: C::Future },
         Done,
     }
@@ -194,10 +195,7 @@ pin_project_lite::pin_project! {
 
 impl<C: ExitClosure> ExitCell<C> {
     pub(crate) fn new(closure: C) -> Self {
-        Self::Ready {
-            closure,
-            pending: Pending::none(),
-        }
+        Self::Ready { closure }
     }
 }
 
@@ -205,21 +203,15 @@ impl<C: ExitClosure> Future for ExitCell<C> {
     type Output = Result<Flow, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let CellProj::Ready { .. } = self.as_mut().project() {
-            if let CellTake::Ready { closure, pending } = self.as_mut().project_replace(ExitCell::Done) {
-                self.set(ExitCell::Running {
-                    future: closure.call(pending),
-                });
-            }
-        }
         match self.as_mut().project() {
             CellProj::Running { future } => {
                 let output = std::task::ready!(future.poll(cx));
                 self.set(ExitCell::Done);
                 Poll::Ready(C::finish(output))
             }
-            // Not reachable through the unwinder, which polls each exit
-            // future to completion once; finishing quietly is the safe answer.
+            // Not reachable through the unwinder, which starts each exit
+            // once and polls it to completion once; finishing quietly is
+            // the safe answer.
             CellProj::Ready { .. } | CellProj::Done => Poll::Ready(Ok(Flow::Propagate)),
         }
     }
@@ -230,8 +222,12 @@ where
     C::Future: 'static,
 {
     fn start(mut self: Box<Self>, pending: Pending) -> ExitFuture {
-        if let ExitCell::Ready { pending: slot, .. } = &mut *self {
-            *slot = pending;
+        // Not pinned yet: the closure is moved out and its future written
+        // into the same allocation.
+        if let ExitCell::Ready { closure } = std::mem::replace(&mut *self, ExitCell::Done) {
+            *self = ExitCell::Running {
+                future: closure.call(pending),
+            };
         }
         Box::into_pin(self)
     }
