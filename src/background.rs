@@ -210,9 +210,14 @@ fn report(unwind: &mut Unwind) {
         debug!(site = %site, reason, "background cleanup finished");
     }
     if unwind.tracker.is_none() {
-        let counter = if unwind.failed { &FAILED } else { &FINISHED };
-        counter.fetch_add(1, Ordering::Relaxed);
+        count_finished(unwind.failed);
     }
+}
+
+/// Counts a finished unwind of the default tracker.
+fn count_finished(failed: bool) {
+    let counter = if failed { &FAILED } else { &FINISHED };
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Synchronous best effort when no runtime can finish the unwind: sync
@@ -230,8 +235,7 @@ fn lose_here(unwind: &mut Unwind, why: Lost) {
     let counted = unwind.tracker.is_none();
     if not_run.is_empty() {
         if counted {
-            let counter = if unwind.failed { &FAILED } else { &FINISHED };
-            counter.fetch_add(1, Ordering::Relaxed);
+            count_finished(unwind.failed);
         }
         return;
     }
@@ -319,20 +323,11 @@ pub async fn drain(timeout: Duration) -> DrainReport {
     let in_time = match tokio::time::Instant::now().checked_add(timeout) {
         // A deadline too far to add to the clock: no deadline.
         None => idle.await.is_ok(),
-        Some(at) => match std::panic::catch_unwind(|| tokio::time::sleep_until(at)) {
-            Ok(sleep) => {
-                let (mut idle, mut sleep) = (std::pin::pin!(idle), std::pin::pin!(sleep));
-                std::future::poll_fn(|cx| {
-                    if let std::task::Poll::Ready(idle) = idle.as_mut().poll(cx) {
-                        return std::task::Poll::Ready(idle.is_ok());
-                    }
-                    sleep.as_mut().poll(cx).map(|()| false)
-                })
-                .await
-            }
+        Some(at) => match crate::timer::sleep_until(at) {
+            Some(sleep) => crate::timer::race(idle, sleep).await.is_some_and(|idle| idle.is_ok()),
             // No time driver: the deadline cannot be kept, so do not wait
             // at all rather than maybe forever.
-            Err(_) => {
+            None => {
                 warn!("drain cannot keep a deadline: the runtime has no time driver (enable_time); not waiting");
                 *RUNNING.borrow() == 0
             }

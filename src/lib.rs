@@ -200,6 +200,7 @@
 //   resources   the tokio types' exits, one file per area and feature
 //   traits      AsyncEnter, AsyncExit, Pending, Flow, acquire
 //   linger      the bounds of a stream's close
+//   timer       timers that never panic (no time driver)
 //   error       Error, and the errors the stack raises itself
 //   owned       the arena pointer and its soundness argument
 pub mod background;
@@ -212,6 +213,7 @@ mod registry;
 mod resources;
 mod stack;
 pub mod strict;
+mod timer;
 mod traits;
 mod unwind;
 

@@ -3,8 +3,6 @@
 //! stack, and carried to the exit in its [`Pending`](crate::Pending).
 
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::task::Poll;
 use std::time::Duration;
 
 /// The default bound on how many unread bytes closing a stream reads and
@@ -105,19 +103,9 @@ pub(crate) async fn within<F: Future>(limit: Duration, future: F) -> Option<F::O
     let Some(at) = tokio::time::Instant::now().checked_add(limit) else {
         return Some(future.await);
     };
-    match catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(at))) {
-        Ok(sleep) => {
-            let mut future = std::pin::pin!(future);
-            let mut sleep = std::pin::pin!(sleep);
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(output) = future.as_mut().poll(cx) {
-                    return Poll::Ready(Some(output));
-                }
-                sleep.as_mut().poll(cx).map(|()| None)
-            })
-            .await
-        }
-        Err(_) => {
+    match crate::timer::sleep_until(at) {
+        Some(sleep) => crate::timer::race(future, sleep).await,
+        None => {
             tracing::warn!(
                 ?limit,
                 "a stream's close could not be bounded: the runtime has no time driver (enable_time)"

@@ -2,8 +2,10 @@
 //! order `lib.rs` lists them, so the import graph has no cycle. Checked
 //! from the source: every `crate::<module>` path in a file's code.
 
+mod common;
+
 /// Top to bottom, as in `lib.rs`.
-const LAYERS: [&str; 12] = [
+const LAYERS: [&str; 13] = [
     "stack",
     "register",
     "background",
@@ -14,6 +16,7 @@ const LAYERS: [&str; 12] = [
     "resources",
     "traits",
     "linger",
+    "timer",
     "error",
     "owned",
 ];
@@ -28,13 +31,8 @@ fn module_of(path: &std::path::Path) -> Option<String> {
 
 #[test]
 fn every_module_uses_only_modules_below_it() {
-    let mut files = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
     let mut checked = 0;
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-            continue;
-        }
+    for (path, code) in common::library_sources() {
         let module = module_of(&path).unwrap();
         if module == "lib" {
             continue; // the root re-exports everything
@@ -43,8 +41,6 @@ fn every_module_uses_only_modules_below_it() {
             .iter()
             .position(|m| *m == module)
             .unwrap_or_else(|| panic!("{module} is not in LAYERS: place it"));
-        let source = std::fs::read_to_string(&path).unwrap();
-        let code = source.split("#[cfg(test)]").next().unwrap();
         for (n, line) in code.lines().enumerate() {
             let line = line.trim_start();
             if line.starts_with("//") {

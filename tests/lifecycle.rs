@@ -312,16 +312,9 @@ fn s25_the_source_never_blocks_builds_a_runtime_or_calls_handle_current() {
         "tokio::spawn(",
         "std::thread::sleep",
     ];
-    let mut files = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
     let mut checked = 0;
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-            continue;
-        }
-        let source = std::fs::read_to_string(&path).unwrap();
-        // Only the library's code: unit tests may block on a future.
-        let code = source.split("#[cfg(test)]").next().unwrap();
+    // Only the library's code: unit tests may block on a future.
+    for (path, code) in common::library_sources() {
         for word in forbidden {
             for (n, line) in code.lines().enumerate() {
                 let line = line.trim_start();

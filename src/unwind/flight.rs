@@ -361,12 +361,12 @@ impl Unwind {
         // Arming a timer panics on a runtime without the time driver, and
         // tokio offers no way to ask first: the exit then runs without its
         // deadline, and an event says so.
-        match catch_unwind(|| tokio::time::sleep_until(at)) {
-            Ok(sleep) => Some(Deadline {
+        match crate::timer::sleep_until(at) {
+            Some(sleep) => Some(Deadline {
                 sleep: Box::pin(sleep),
                 given,
             }),
-            Err(_) => {
+            None => {
                 warn!(site = %self.site, ?given, "the deadline of a cleanup could not be kept: the runtime has no time driver (enable_time)");
                 None
             }

@@ -257,3 +257,20 @@ pub fn drop_forgotten(stack: tokio_exit_stack::AsyncExitStack) {
         "a forgotten aclose panics at the drop site in strict mode, and only then"
     );
 }
+
+/// Every file of the library's `src/`, with its code before any
+/// `#[cfg(test)]` (unit tests may do what library code must not).
+pub fn library_sources() -> Vec<(std::path::PathBuf, String)> {
+    let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+    let mut sources = Vec::new();
+    while let Some(path) = dirs.pop() {
+        if path.is_dir() {
+            dirs.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        let code = source.split("#[cfg(test)]").next().unwrap().to_owned();
+        sources.push((path, code));
+    }
+    sources
+}
