@@ -77,9 +77,12 @@
 //!
 //! # Supported tokio types
 //!
-//! Each family is behind a cargo feature named like tokio's; all are on by
-//! default. With `default-features = false` the crate needs only tokio's
-//! `rt` and `time`.
+//! Each tokio family is behind a cargo feature named like tokio's; all are
+//! on by default. With `default-features = false` the crate needs only
+//! tokio's `rt` and `time`. The integrations with other crates are off by
+//! default, each behind a feature named after the crate it serves:
+//! `rustls` (tokio-rustls 0.26, rustls 0.23), `sqlx` (0.8), `deadpool`
+//! (0.13); each builds on the crate's Rust version, 1.85.
 //!
 //! | Type | Feature | Exit when the scope succeeded | Exit on failure or abandonment | No runtime left (`abandon`) |
 //! |---|---|---|---|---|
@@ -93,6 +96,9 @@
 //! | `process::Child` | `process` | wait for it to exit | kill, then reap: no zombie | kill; reap if it already exited |
 //! | `JoinHandle<T>` (enters as a [`Task`]) | `rt` | await it, unless the caller did; a panicked task is a [`TaskError`](crate::error::TaskError) | abort, then await (reap) | abort |
 //! | `JoinSet<T>` | `rt` | await every task; each failed one is a [`TaskError`](crate::error::TaskError) | abort all, await all | abort all |
+//! | tokio-rustls `client::TlsStream<S>`, `server::TlsStream<S>`, `TlsStream<S>`, over any `S` with an exit (`TcpStream`, `UnixStream`, ...) | `rustls` | send `close_notify` (within the entry's [`Linger`](crate::linger::Linger) flush bound), then the transport's own exit (shut down, bounded drain): the peer reads a clean TLS closure | same | over a TCP or Unix socket, write `close_notify` straight to the socket without waiting; then the transport's own |
+//! | sqlx `Transaction<'static, DB>` (entered by `sqlx::begin(&pool)`, or as itself) | `sqlx` | commit; a failed commit is the scope's error, a `sqlx::TransactionError` | roll back, finished before the unwind goes on | dropped without sqlx's panic outside a runtime: the connection closes, the database rolls back |
+//! | deadpool `managed::Object<M>` whose `M::Type` has an exit; `deadpool::DetachOnError` for any other | `deadpool` | returned to the pool | detached (`Object::take`), then closed through the connection's own exit | detached, then the connection's own |
 //!
 //! The stream exits bound their flush and drain with timers ([`Linger`](crate::linger::Linger),
 //! settable per entry or per stack), as do entry timeouts and [`drain`]:
@@ -197,6 +203,7 @@
 //   unwind      the unwind loop
 //   registry    the entries, the LIFO registry, ExitGroup; with owned, the only unsafe
 //   erased      values and closures as exits
+//   integrations  exits for rustls, sqlx, deadpool (optional features)
 //   resources   the tokio types' exits, one file per area and feature
 //   traits      AsyncEnter, AsyncExit, Pending, Flow, acquire
 //   linger      the bounds of a stream's close
@@ -206,6 +213,7 @@
 pub mod background;
 mod erased;
 pub mod error;
+mod integrations;
 pub mod linger;
 mod owned;
 mod register;
@@ -228,6 +236,26 @@ pub use resources::Task;
 #[cfg_attr(docsrs, doc(cfg(feature = "fs")))]
 pub mod fs {
     pub use crate::resources::fs::Durable;
+}
+/// Transactions of [sqlx](https://docs.rs/sqlx) 0.8: [`begin`](sqlx::begin)
+/// a transaction that commits when the scope succeeds and rolls back
+/// otherwise. (`sqlx::Transaction<'static, DB>` itself implements
+/// [`AsyncExit`], so a transaction begun by hand enters as itself.)
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub mod sqlx {
+    pub use crate::integrations::sqlx::{Begin, TransactionError, begin};
+}
+
+/// Pooled objects of [deadpool](https://docs.rs/deadpool) 0.13:
+/// `deadpool::managed::Object<M>` implements [`AsyncExit`] when its
+/// connection type does (returned to the pool on success, detached and
+/// closed otherwise); [`DetachOnError`](deadpool::DetachOnError) serves
+/// connection types without an exit.
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+pub mod deadpool {
+    pub use crate::integrations::deadpool::DetachOnError;
 }
 pub use background::drain;
 pub use error::{BoxError, Error};

@@ -5,7 +5,7 @@
 mod common;
 
 /// Top to bottom, as in `lib.rs`.
-const LAYERS: [&str; 13] = [
+const LAYERS: [&str; 14] = [
     "stack",
     "register",
     "background",
@@ -13,6 +13,7 @@ const LAYERS: [&str; 13] = [
     "unwind",
     "registry",
     "erased",
+    "integrations",
     "resources",
     "traits",
     "linger",

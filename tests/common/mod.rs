@@ -49,6 +49,8 @@ pub struct Captured {
     pub target: String,
     pub message: String,
     pub fields: Vec<(String, String)>,
+    /// The name of the span the event was emitted in, if any.
+    pub span: Option<String>,
 }
 
 impl Captured {
@@ -152,6 +154,7 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
             target: String::new(),
             message: String::new(),
             fields: Vec::new(),
+            span: None,
         };
         attrs.record(&mut Visitor(&mut c));
         let record = CapturedSpan {
@@ -178,12 +181,13 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
             target: String::new(),
             message: String::new(),
             fields: Vec::new(),
+            span: None,
         };
         values.record(&mut Visitor(&mut c));
         capture.1.lock().unwrap()[*index].fields.extend(c.fields);
     }
 
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let Some(capture) = ACTIVE.with(|a| a.borrow().clone()) else {
             return;
         };
@@ -192,8 +196,10 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
             target: event.metadata().target().to_owned(),
             message: String::new(),
             fields: Vec::new(),
+            span: None,
         };
         event.record(&mut Visitor(&mut c));
+        c.span = ctx.event_span(event).map(|span| span.name().to_owned());
         capture.0.lock().unwrap().push(c);
     }
 }

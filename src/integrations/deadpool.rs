@@ -1,0 +1,180 @@
+//! deadpool's managed objects: returned to the pool when the scope
+//! succeeded, detached and closed when it did not.
+
+use std::any::type_name;
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+use ::deadpool::managed::{Manager, Object};
+
+use crate::error::BoxError;
+use crate::traits::{AsyncExit, Flow, Pending};
+
+/// A pooled object whose connection has an exit of its own (a `TcpStream`,
+/// a TLS stream, a type of yours implementing [`AsyncExit`]):
+///
+/// * **the scope succeeded**: the object returns to the pool (dropped, as
+///   deadpool does; the pool's `recycle` runs on its next checkout). No
+///   task, no wait.
+/// * **the scope failed or was abandoned**: the object is detached from
+///   the pool (`Object::take`; the pool's slot is free at once, and the
+///   pool opens a new connection when one is next needed), then closed
+///   through the connection's own exit with the same [`Pending`]: a
+///   connection that saw an error, or half a reply, is never handed to
+///   another request, and its peer still sees a clean close.
+/// * **no runtime left**: detached, then the connection's own best effort
+///   ([`AsyncExit::abandon`]).
+///
+/// For a connection type without an exit, wrap the object in
+/// [`DetachOnError`].
+///
+/// ```
+/// # #[cfg(feature = "net")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use deadpool::managed::{Manager, Metrics, Pool, RecycleResult};
+/// use tokio::net::TcpStream;
+/// use tokio_exit_stack::{acquire, scope};
+///
+/// struct Backend(std::net::SocketAddr);
+///
+/// impl Manager for Backend {
+///     type Type = TcpStream;
+///     type Error = std::io::Error;
+///     async fn create(&self) -> std::io::Result<TcpStream> { TcpStream::connect(self.0).await }
+///     async fn recycle(&self, _: &mut TcpStream, _: &Metrics) -> RecycleResult<std::io::Error> { Ok(()) }
+/// }
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let pool = Pool::<Backend>::builder(Backend(listener.local_addr()?)).max_size(4).build()?;
+///
+/// scope(async |stack| {
+///     let _conn = stack.enter_async_context(acquire(pool.get())).await?;
+///     Ok(()) // returned to the pool
+/// })
+/// .await?;
+/// assert_eq!(pool.status().available, 1);
+///
+/// let failed = scope(async |stack| {
+///     let _conn = stack.enter_async_context(acquire(pool.get())).await?;
+///     Err(std::io::Error::other("bad reply"))?; // detached, shut down, drained
+///     Ok(())
+/// })
+/// .await;
+/// assert!(failed.is_err());
+/// assert_eq!(pool.status().size, 0);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "net"))] fn main() {}
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+#[async_trait::async_trait]
+impl<M> AsyncExit for Object<M>
+where
+    M: Manager + 'static,
+    M::Type: AsyncExit,
+{
+    async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
+        if pending.is_ok() {
+            drop(self); // back to the pool
+            return Ok(Flow::Propagate);
+        }
+        let connection = Object::take(*self);
+        tracing::debug!(resource = %connection.label(), "pooled connection detached");
+        Box::new(connection).exit(pending).await
+    }
+
+    fn label(&self) -> Cow<'static, str> {
+        Cow::Owned(format!("pooled {}", (**self).label()))
+    }
+
+    fn abandon(self: Box<Self>) {
+        Box::new(Object::take(*self)).abandon();
+    }
+}
+
+/// A pooled object whose connection type has no exit of its own: returned
+/// to the pool when the scope succeeded, detached from it and dropped when
+/// the scope failed or was abandoned (or with no runtime left), so a
+/// connection that saw an error is never reused.
+///
+/// It derefs to the [`Object`], which derefs to the connection. Wrapping
+/// costs nothing; the exit needs no runtime, so a stack dropped holding
+/// only such entries spawns no task.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use deadpool::managed::{Manager, Metrics, Pool, RecycleResult};
+/// use tokio_exit_stack::{scope, deadpool::DetachOnError};
+///
+/// struct Counter;
+///
+/// impl Manager for Counter {
+///     type Type = Vec<u8>; // a connection with no exit of its own
+///     type Error = std::io::Error;
+///     async fn create(&self) -> std::io::Result<Vec<u8>> { Ok(Vec::new()) }
+///     async fn recycle(&self, _: &mut Vec<u8>, _: &Metrics) -> RecycleResult<std::io::Error> { Ok(()) }
+/// }
+///
+/// let pool = Pool::<Counter>::builder(Counter).max_size(4).build()?;
+/// let failed = scope(async |stack| {
+///     let buf = stack.push_resource(DetachOnError(pool.get().await?));
+///     buf.push(1);
+///     Err(std::io::Error::other("half written"))?; // never reused
+///     Ok(())
+/// })
+/// .await;
+/// assert!(failed.is_err());
+/// assert_eq!(pool.status().size, 0);
+/// # Ok(()) }
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+pub struct DetachOnError<M: Manager>(pub Object<M>);
+
+impl<M: Manager> fmt::Debug for DetachOnError<M>
+where
+    Object<M>: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DetachOnError").field(&self.0).finish()
+    }
+}
+
+impl<M: Manager> Deref for DetachOnError<M> {
+    type Target = Object<M>;
+    fn deref(&self) -> &Object<M> {
+        &self.0
+    }
+}
+
+impl<M: Manager> DerefMut for DetachOnError<M> {
+    fn deref_mut(&mut self) -> &mut Object<M> {
+        &mut self.0
+    }
+}
+
+#[async_trait::async_trait]
+impl<M> AsyncExit for DetachOnError<M>
+where
+    M: Manager + 'static,
+{
+    async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
+        if pending.is_err() {
+            drop(Object::take(self.0));
+        }
+        Ok(Flow::Propagate)
+    }
+
+    fn label(&self) -> Cow<'static, str> {
+        Cow::Borrowed(type_name::<M::Type>())
+    }
+
+    fn needs_runtime(&self) -> bool {
+        false
+    }
+
+    fn abandon(self: Box<Self>) {
+        drop(Object::take(self.0));
+    }
+}

@@ -1,0 +1,162 @@
+//! sqlx transactions: begun on entering, committed or rolled back by the
+//! scope's outcome.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use ::sqlx::{Database, Pool, Transaction};
+
+use crate::error::BoxError;
+use crate::traits::{AsyncEnter, AsyncExit, Flow, Pending};
+
+/// A transaction's commit or rollback failed: which transaction, which
+/// step, and sqlx's error in `source()`.
+///
+/// Downcast the scope's error to it, or walk its `source()` to the
+/// `sqlx::Error` (a constraint violated at commit, a locked database).
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} of {resource} failed during cleanup")]
+pub struct TransactionError {
+    /// The transaction, e.g. `sqlx::Transaction<SQLite>`.
+    pub resource: String,
+    /// `commit` or `rollback`.
+    pub operation: &'static str,
+    /// What sqlx said.
+    #[source]
+    pub source: ::sqlx::Error,
+}
+
+/// Begins a transaction on a pool when entered into a stack, which then
+/// commits it if the scope succeeds and rolls it back otherwise.
+///
+/// Entering it lends `&mut Transaction<'static, DB>`, which is an
+/// executor: `query(..).execute(&mut **tx)`. The transaction's exit:
+///
+/// * **the scope succeeded** (no error pending): commits. No success path
+///   needs its own `commit` call. A commit that fails (a deferred
+///   constraint, a locked database) is reported as a [`TransactionError`]
+///   (`commit of sqlx::Transaction<SQLite> failed during cleanup`, the
+///   `sqlx::Error` as its source), which becomes the scope's error; the
+///   unwind goes on.
+/// * **the scope failed or was abandoned** (an error pending, a cancelled
+///   request, a dropped stack): rolls back, and the rollback has finished
+///   before the unwind moves to the next entry (and so before `scope`
+///   returns). sqlx alone would roll a dropped transaction back lazily, on
+///   the connection's next use.
+/// * **no runtime left** (the stack dropped outside any runtime): the
+///   transaction is dropped, and sqlx queues its rollback on the
+///   connection. sqlx needs a runtime to return a connection to its pool
+///   and would panic without one; the exit gives it one that never runs,
+///   so the connection is closed instead of returned: SQLite's connection
+///   thread runs the queued rollback first, and a server database rolls
+///   back the transaction of a closed session. Nothing blocks.
+///
+/// Each outcome is a DEBUG event in the exit's span (`transaction =
+/// "committed"` or `"rolled back"`).
+///
+/// Beginning costs what `Pool::begin` costs; the exit adds no allocation
+/// to sqlx's own. A transaction begun by hand enters as itself
+/// (`stack.push_resource(pool.begin().await?)`) with the same exit.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use sqlx::SqlitePool;
+/// use tokio_exit_stack::scope;
+///
+/// let pool = SqlitePool::connect("sqlite::memory:").await?;
+/// sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY)").execute(&pool).await?;
+///
+/// scope(async |stack| {
+///     let tx = stack.enter_async_context(tokio_exit_stack::sqlx::begin(&pool)).await?;
+///     sqlx::query("INSERT INTO orders (id) VALUES (1)").execute(&mut **tx).await?;
+///     Ok(()) // committed as the scope returns
+/// })
+/// .await?;
+///
+/// let failed = scope(async |stack| {
+///     let tx = stack.enter_async_context(tokio_exit_stack::sqlx::begin(&pool)).await?;
+///     sqlx::query("INSERT INTO orders (id) VALUES (2)").execute(&mut **tx).await?;
+///     Err(std::io::Error::other("payment declined"))?; // rolled back
+///     Ok(())
+/// })
+/// .await;
+/// assert!(failed.is_err());
+///
+/// let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders").fetch_all(&pool).await?;
+/// assert_eq!(ids, [1]);
+/// # Ok(()) }
+/// ```
+pub struct Begin<DB: Database> {
+    pool: Pool<DB>,
+}
+
+/// A [`Begin`] on `pool` (a clone of the handle: one atomic increment).
+pub fn begin<DB: Database>(pool: &Pool<DB>) -> Begin<DB> {
+    Begin { pool: pool.clone() }
+}
+
+impl<DB: Database> fmt::Debug for Begin<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Begin")
+            .field("database", &DB::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Database> AsyncEnter for Begin<DB> {
+    type Resource = Transaction<'static, DB>;
+    type Error = ::sqlx::Error;
+
+    async fn enter(self) -> Result<Transaction<'static, DB>, ::sqlx::Error> {
+        self.pool.begin().await
+    }
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+#[async_trait::async_trait]
+impl<DB: Database> AsyncExit for Transaction<'static, DB> {
+    async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
+        let name = self.label();
+        if pending.is_ok() {
+            self.commit().await.map_err(|e| TransactionError {
+                resource: name.clone().into_owned(),
+                operation: "commit",
+                source: e,
+            })?;
+            tracing::debug!(resource = %name, transaction = "committed", "transaction committed");
+        } else {
+            self.rollback().await.map_err(|e| TransactionError {
+                resource: name.clone().into_owned(),
+                operation: "rollback",
+                source: e,
+            })?;
+            tracing::debug!(resource = %name, transaction = "rolled back", "transaction rolled back");
+        }
+        Ok(Flow::Propagate)
+    }
+
+    fn label(&self) -> Cow<'static, str> {
+        Cow::Owned(format!("sqlx::Transaction<{}>", DB::NAME))
+    }
+
+    fn abandon(self: Box<Self>) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return; // dropped: sqlx rolls back as the connection returns
+        }
+        // No runtime: sqlx's drop would panic spawning the connection's
+        // return to the pool. Give it a runtime that is never run: the
+        // return is dropped with it, so the connection closes instead
+        // (after the rollback queued on it, for SQLite), and nothing
+        // blocks or panics.
+        let built = tokio::runtime::Builder::new_current_thread().build(); // a context for sqlx's drop, never run
+        let Ok(context) = built else {
+            std::mem::forget(self); // leaked, never a panic
+            return;
+        };
+        let entered = context.enter();
+        drop(self);
+        drop(entered);
+        drop(context);
+    }
+}

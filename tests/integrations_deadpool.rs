@@ -1,0 +1,279 @@
+//! deadpool objects (feature `deadpool`) on a real pool of loopback
+//! connections: a scope that succeeds returns its connection to the pool;
+//! one that fails or is abandoned detaches it and closes it cleanly, so
+//! the pool never hands out a connection that saw an error.
+#![cfg(feature = "deadpool")]
+
+mod common;
+
+use deadpool::managed::{Manager, Metrics, Pool, RecycleResult};
+use tokio_exit_stack::deadpool::DetachOnError;
+use tokio_exit_stack::scope;
+
+/// Pooled loopback connections: `TcpStream` has its own exit (`net`).
+#[cfg(feature = "net")]
+mod tcp {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_exit_stack::{acquire, drain};
+
+    use super::*;
+
+    /// How the backend saw each connection end, by the client's port.
+    #[derive(Clone, Default)]
+    struct Endings(Arc<Mutex<BTreeMap<u16, &'static str>>>);
+
+    impl Endings {
+        fn get(&self) -> BTreeMap<u16, &'static str> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// A backend that answers each line with `ok <line>`, and records how each
+    /// connection ended: "eof" (clean) or "error" (a reset).
+    async fn backend() -> (SocketAddr, Endings) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let endings = Endings::default();
+        let record = endings.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, peer)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let ending = loop {
+                        match lines.next_line().await {
+                            Ok(Some(line)) => {
+                                if write.write_all(format!("ok {line}\n").as_bytes()).await.is_err() {
+                                    break "error";
+                                }
+                            }
+                            Ok(None) => break "eof",
+                            Err(_) => break "error",
+                        }
+                    };
+                    record.0.lock().unwrap().insert(peer.port(), ending);
+                });
+            }
+        });
+        (addr, endings)
+    }
+
+    struct Backend(SocketAddr);
+
+    impl Manager for Backend {
+        type Type = TcpStream;
+        type Error = std::io::Error;
+
+        async fn create(&self) -> std::io::Result<TcpStream> {
+            TcpStream::connect(self.0).await
+        }
+
+        async fn recycle(&self, _: &mut TcpStream, _: &Metrics) -> RecycleResult<std::io::Error> {
+            Ok(())
+        }
+    }
+
+    /// One exchange on a connection: sends `line`, reads one reply line.
+    async fn exchange(conn: &mut TcpStream, line: &str) -> std::io::Result<String> {
+        conn.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut reply = String::new();
+        BufReader::new(conn).read_line(&mut reply).await?;
+        Ok(reply.trim_end().to_owned())
+    }
+
+    fn idle_ports(pool: &Pool<Backend>) -> BTreeSet<u16> {
+        let mut ports = BTreeSet::new();
+        pool.retain(|conn, _| {
+            ports.insert(conn.local_addr().unwrap().port());
+            true
+        });
+        ports
+    }
+
+    /// 500 scopes on a pool of 8, a fifth failing after sending their request
+    /// and before reading its reply (the connection holds half an exchange):
+    /// the pool then holds only connections whose scopes all succeeded, and
+    /// the backend saw a clean EOF for every discarded one.
+    async fn only_connections_of_succeeded_scopes_return(scopes: usize) {
+        let (addr, endings) = backend().await;
+        let pool = Pool::<Backend>::builder(Backend(addr)).max_size(8).build().unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..scopes {
+            let pool = pool.clone();
+            tasks.spawn(async move {
+                let port = Arc::new(Mutex::new(0));
+                let seen = port.clone();
+                let outcome = scope(async |stack| {
+                    let conn = stack.enter_async_context(acquire(pool.get())).await?;
+                    *seen.lock().unwrap() = conn.local_addr()?.port();
+                    if i % 5 == 0 {
+                        conn.write_all(format!("request {i}\n").as_bytes()).await?;
+                        Err(std::io::Error::other("the request failed"))?;
+                    }
+                    let reply = exchange(conn, &format!("request {i}")).await?;
+                    assert_eq!(reply, format!("ok request {i}"), "never another request's reply");
+                    Ok(())
+                })
+                .await;
+                let port = *port.lock().unwrap();
+                (port, outcome.is_ok())
+            });
+        }
+        let (mut succeeded, mut failed) = (BTreeSet::new(), BTreeSet::new());
+        while let Some(result) = tasks.join_next().await {
+            let (port, ok) = result.unwrap();
+            if ok {
+                succeeded.insert(port)
+            } else {
+                failed.insert(port)
+            };
+        }
+        assert_eq!(
+            failed.len(),
+            scopes / 5,
+            "each failed scope's connection was used once, then discarded"
+        );
+
+        let idle = idle_ports(&pool);
+        assert!(!idle.is_empty());
+        assert!(idle.is_subset(&succeeded), "idle: {idle:?}");
+        assert!(
+            idle.is_disjoint(&failed),
+            "no connection that saw a failure is in the pool"
+        );
+        assert_eq!(pool.status().size, idle.len(), "nothing else is counted");
+
+        common::eventually("the backend sees every discarded connection end", || {
+            let seen = endings.get();
+            failed.iter().all(|port| seen.contains_key(port))
+        })
+        .await;
+        let seen = endings.get();
+        for port in &failed {
+            assert_eq!(
+                seen[port], "eof",
+                "a clean close for the discarded connection on port {port}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_connections_of_succeeded_scopes_return_to_the_pool_multi_thread() {
+        only_connections_of_succeeded_scopes_return(500).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_connections_of_succeeded_scopes_return_to_the_pool_current_thread() {
+        only_connections_of_succeeded_scopes_return(500).await;
+    }
+
+    /// An abandoned scope (its future dropped mid-request, as by a timeout)
+    /// detaches its connection too, and the background cleanup closes it
+    /// cleanly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_scope_detaches_and_closes_its_connection() {
+        let (addr, endings) = backend().await;
+        let pool = Pool::<Backend>::builder(Backend(addr)).max_size(4).build().unwrap();
+        let mut ports = BTreeSet::new();
+        for i in 0..20 {
+            let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+            let body = scope(async |stack| {
+                let conn = stack.enter_async_context(acquire(pool.get())).await?;
+                conn.write_all(format!("request {i}\n").as_bytes()).await?;
+                let _ = port_tx.send(conn.local_addr()?.port());
+                std::future::pending::<()>().await;
+                Ok(())
+            });
+            tokio::select! {
+                _ = body => unreachable!("the body never finishes"),
+                Ok(port) = port_rx => { ports.insert(port); }
+            }
+        }
+        assert_eq!(ports.len(), 20, "a new connection each time: none came back");
+        let report = drain(Duration::from_secs(30)).await;
+        assert_eq!(report.failed, 0, "{report:?}");
+        assert_eq!(pool.status().size, 0);
+        common::eventually("the backend sees every connection end", || endings.get().len() == 20).await;
+        assert!(endings.get().values().all(|e| *e == "eof"), "{:?}", endings.get());
+    }
+
+    /// The control: an object dropped as it is after a failed request returns
+    /// to the pool, and the next request on it reads the previous one's reply.
+    /// Through the stack, the next request gets a fresh connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn control_a_plainly_dropped_object_hands_its_broken_connection_to_the_next_request() {
+        let (addr, _) = backend().await;
+        let pool = Pool::<Backend>::builder(Backend(addr)).max_size(1).build().unwrap();
+
+        // Plain drop.
+        let failed = scope(async |_stack| {
+            let mut conn = pool.get().await?;
+            conn.write_all(b"request A\n").await?;
+            Err(std::io::Error::other("request A failed before its reply"))?;
+            Ok(())
+        })
+        .await;
+        assert!(failed.is_err());
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(
+            exchange(&mut conn, "request B").await.unwrap(),
+            "ok request A",
+            "a stale reply"
+        );
+        drop(deadpool::managed::Object::take(conn));
+
+        // Through the stack.
+        let failed = scope(async |stack| {
+            let conn = stack.enter_async_context(acquire(pool.get())).await?;
+            conn.write_all(b"request C\n").await?;
+            Err(std::io::Error::other("request C failed before its reply"))?;
+            Ok(())
+        })
+        .await;
+        assert!(failed.is_err());
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(exchange(&mut conn, "request D").await.unwrap(), "ok request D");
+    }
+}
+
+/// A connection type without an exit, wrapped: returned on success,
+/// detached and dropped on failure.
+#[tokio::test(flavor = "current_thread")]
+async fn detach_on_error_returns_on_success_and_detaches_on_failure() {
+    struct Buffers;
+    impl Manager for Buffers {
+        type Type = Vec<u8>;
+        type Error = std::convert::Infallible;
+        async fn create(&self) -> Result<Vec<u8>, std::convert::Infallible> {
+            Ok(Vec::new())
+        }
+        async fn recycle(&self, _: &mut Vec<u8>, _: &Metrics) -> RecycleResult<std::convert::Infallible> {
+            Ok(())
+        }
+    }
+    let pool = Pool::<Buffers>::builder(Buffers).max_size(2).build().unwrap();
+    scope(async |stack| {
+        let buf = stack.push_resource(DetachOnError(pool.get().await.unwrap()));
+        buf.push(1);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!((pool.status().size, pool.status().available), (1, 1));
+    let failed = scope(async |stack| {
+        let buf = stack.push_resource(DetachOnError(pool.get().await.unwrap()));
+        buf.push(2);
+        Err(std::io::Error::other("half written"))?;
+        Ok(())
+    })
+    .await;
+    assert!(failed.is_err());
+    assert_eq!(pool.status().size, 0, "the object that saw the failure is gone");
+}
