@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Workloads: `stack-callbacks`, `erased-callbacks`, `stack-resources`,
-//! `erased-resources`, each also as `filtered-<workload>` (under a
+//! `erased-resources`, `stack-pushed-resources`, `stack-sync-callbacks`,
+//! `erased-sync-callbacks`, each also as `filtered-<workload>` (under a
 //! subscriber that filters the crate out) and `recording-<workload>` (one
 //! that records the crate's spans, printing nothing); the second argument
 //! is the number of entries. Each
@@ -46,6 +47,26 @@ async fn round(workload: &str, n: usize) {
                 black_box(&stack.push_resource(Resource(i as u64)).0);
             }
             stack.aclose().await.unwrap();
+        }
+        "stack-sync-callbacks" => {
+            let mut stack = AsyncExitStack::new();
+            for i in 0..n {
+                stack.callback(move || {
+                    black_box(i);
+                });
+            }
+            stack.aclose().await.unwrap();
+        }
+        "erased-sync-callbacks" => {
+            let mut list: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+            for i in 0..n {
+                list.push(Box::new(move || {
+                    black_box(i);
+                }));
+            }
+            while let Some(f) = list.pop() {
+                f();
+            }
         }
         "erased-callbacks" | "erased-resources" => {
             let mut list: Vec<Erased> = Vec::new();

@@ -304,37 +304,6 @@ async fn the_rollback_has_finished_when_the_scope_returns() {
     assert_eq!(orders(&pool).await, BTreeSet::new());
 }
 
-/// Each outcome is an event in the exit's span.
-#[tokio::test(flavor = "current_thread")]
-async fn each_outcome_is_an_event_in_the_exits_span() {
-    let db = Database::new().await;
-    let pool = db.pool(2).await;
-    let capture = common::Capture::default();
-    let _guard = capture.install();
-    for fail in [false, true] {
-        let _ = scope(async |stack| {
-            stack.enter_async_context(begin(&pool)).await?;
-            if fail {
-                Err(std::io::Error::other("request failed"))?;
-            }
-            Ok(())
-        })
-        .await;
-    }
-    let outcomes: Vec<(String, Option<String>)> = capture
-        .events()
-        .into_iter()
-        .filter_map(|e| Some((e.field("transaction")?.to_owned(), e.span.clone())))
-        .collect();
-    assert_eq!(
-        outcomes,
-        [
-            ("committed".to_owned(), Some("exit".to_owned())),
-            ("rolled back".to_owned(), Some("exit".to_owned())),
-        ]
-    );
-}
-
 /// With no runtime left (the stack dropped after its runtime), the
 /// transaction is dropped without the panic sqlx's drop would raise
 /// outside a runtime, and rolled back: the database is free and unchanged

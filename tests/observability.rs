@@ -168,3 +168,41 @@ fn s20_background_cleanup_reaches_a_scoped_subscriber_inside_its_requests_span()
     );
     assert_eq!(released.2.as_deref(), Some("bg-worker"), "ran on a worker thread");
 }
+
+/// A sqlx transaction's outcome is a DEBUG event in its exit's span.
+/// (Here, where every test installs the capturing subscriber first, so no
+/// other test's unwind races the subscriber's installation.)
+#[cfg(feature = "sqlx")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_transactions_outcome_is_an_event_in_its_exits_span() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    for fail in [false, true] {
+        let _ = tokio_exit_stack::scope(async |stack| {
+            stack.enter_async_context(tokio_exit_stack::sqlx::begin(&pool)).await?;
+            if fail {
+                Err(std::io::Error::other("request failed"))?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+    let outcomes: Vec<(String, Option<String>, Level)> = capture
+        .events()
+        .into_iter()
+        .filter_map(|e| Some((e.field("transaction")?.to_owned(), e.span.clone(), e.level)))
+        .collect();
+    let exit = Some("exit".to_owned());
+    assert_eq!(
+        outcomes,
+        [
+            ("committed".to_owned(), exit.clone(), Level::DEBUG),
+            ("rolled back".to_owned(), exit, Level::DEBUG),
+        ]
+    );
+}

@@ -226,7 +226,12 @@ impl Unwind {
             self.deadline = Instant::now().checked_add(budget);
         }
         self.plain = !self.spans && self.deadline.is_none();
-        std::future::poll_fn(|cx| self.poll_run(cx)).instrument(span).await;
+        if span.is_none() {
+            // No subscriber could record it: no wrapper to poll and drop.
+            std::future::poll_fn(|cx| self.poll_run(cx)).await;
+        } else {
+            std::future::poll_fn(|cx| self.poll_run(cx)).instrument(span).await;
+        }
     }
 
     /// The unwind loop, by hand: no nested futures, nothing moved that need

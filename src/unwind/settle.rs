@@ -59,17 +59,23 @@ impl Unwind {
                 }
             }
         }
-        if trace.is_none() && matches!(outcome, Ok(Flow::Propagate)) {
-            return; // the common case: nothing to record, nothing pending changes
-        }
         self.settle(label, trace, outcome);
     }
 
-    /// Folds one entry's outcome into the pending error.
+    /// Folds one entry's outcome into the pending error. Inline for the
+    /// common case (a clean exit, no span): nothing to record, nothing
+    /// pending changes, no call.
+    #[inline(always)]
     pub(super) fn settle(&mut self, label: Cow<'static, str>, trace: Trace, outcome: Result<Flow, Fail>) {
         if trace.is_none() && matches!(outcome, Ok(Flow::Propagate)) {
-            return; // the common case: nothing to record, nothing pending changes
+            return;
         }
+        self.settle_recorded(label, trace, outcome);
+    }
+
+    /// [`settle`](Self::settle) when there is something to record.
+    #[inline(never)]
+    fn settle_recorded(&mut self, label: Cow<'static, str>, trace: Trace, outcome: Result<Flow, Fail>) {
         let span = match trace {
             Some(t) => {
                 let (span, started) = *t;
