@@ -72,6 +72,13 @@ fn socket_of(io: &dyn Any) -> Option<socket2::SockRef<'_>> {
 /// Both sides' streams, written once.
 macro_rules! tls_exit {
     ($ty:ident, $side:literal) => {
+        /// Sends `close_notify` and flushes it (within the entry's
+        /// `Linger::flush_timeout`; past it, a `TimedOut` error naming the
+        /// stream), then closes the transport through its own exit with
+        /// the same `Pending`: on every path, success, failure or
+        /// abandonment, the peer reads a clean TLS closure. With no
+        /// runtime left, the alert is written to a TCP or Unix socket
+        /// without waiting, then the transport's own best effort runs.
         #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
         #[async_trait::async_trait]
         impl<S> AsyncExit for tokio_rustls::$ty::TlsStream<S>
@@ -109,7 +116,8 @@ macro_rules! tls_exit {
 tls_exit!(client, "client");
 tls_exit!(server, "server");
 
-/// The stream of either side: its side's exit.
+/// The stream of either side: its side's exit (`close_notify`, then the
+/// transport's own close).
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 #[async_trait::async_trait]
 impl<S> AsyncExit for tokio_rustls::TlsStream<S>

@@ -87,6 +87,7 @@ pub struct TransactionError {
 /// assert_eq!(ids, [1]);
 /// # Ok(()) }
 /// ```
+#[must_use = "a Begin does nothing until it is entered into a stack"]
 pub struct Begin<DB: Database> {
     pool: Pool<DB>,
 }
@@ -113,6 +114,10 @@ impl<DB: Database> AsyncEnter for Begin<DB> {
     }
 }
 
+/// Commits when the scope succeeded; rolls back, and waits for the
+/// rollback, when it failed or was abandoned; a failure of either is a
+/// [`TransactionError`]. See [`Begin`] for the whole story, no runtime
+/// included.
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 #[async_trait::async_trait]
 impl<DB: Database> AsyncExit for Transaction<'static, DB> {
