@@ -313,3 +313,53 @@ fn a_tls_stream_abandoned_with_no_runtime_still_sends_close_notify() {
     let seen = server_rt.block_on(collect(&mut endings, 1));
     assert_eq!(seen, [Ending::Clean { bytes: 24 }]);
 }
+
+/// A peer that completed the handshake and then never reads cannot hang
+/// the exit: sending `close_notify` behind a full socket gives up at the
+/// entry's flush bound, with a `TimedOut` error naming the step and the
+/// stream. On the paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reads_cannot_hang_the_close_notify() {
+    use tokio_exit_stack::{error::ResourceError, linger::Linger};
+    let (connector, acceptor) = configs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handshaken, silent) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let _ = handshaken.send(tls); // kept open, never read
+    });
+    let mut stack = AsyncExitStack::new();
+    let bound = Linger {
+        flush_timeout: Duration::from_millis(300),
+        ..Linger::DEFAULT
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = stack
+        .entry()
+        .linger(bound)
+        .push_resource(connector.connect(localhost(), tcp).await.unwrap());
+    let _server_end = silent.await.unwrap();
+    // Write until neither the socket nor rustls takes more.
+    let chunk = vec![7u8; 1 << 16];
+    while tokio::time::timeout(Duration::from_millis(10), tls.write_all(&chunk))
+        .await
+        .is_ok()
+    {}
+
+    let start = tokio::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), stack.aclose())
+        .await
+        .expect("the exit is bounded")
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_millis(300), "the entry's flush bound");
+    let failure = err.downcast_ref::<ResourceError>().expect("a ResourceError");
+    assert_eq!(failure.operation, "send close_notify");
+    assert_eq!(failure.source.kind(), std::io::ErrorKind::TimedOut, "{err:#}");
+    assert!(
+        failure.resource.starts_with("TlsStream(client, TcpStream("),
+        "{}",
+        failure.resource
+    );
+}
