@@ -277,3 +277,86 @@ async fn detach_on_error_returns_on_success_and_detaches_on_failure() {
     assert!(failed.is_err());
     assert_eq!(pool.status().size, 0, "the object that saw the failure is gone");
 }
+
+/// A pool of TLS connections (deadpool over tokio-rustls): a connection
+/// whose request failed is detached and closed through the TLS stream's
+/// own exit, so the backend reads a clean TLS closure, never a truncation;
+/// one whose request succeeded goes back to the pool.
+#[cfg(feature = "rustls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_tls_connection_that_saw_an_error_ends_with_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_exit_stack::acquire;
+    use tokio_rustls::client::TlsStream;
+
+    struct TlsBackend {
+        addr: std::net::SocketAddr,
+        connector: tokio_rustls::TlsConnector,
+    }
+    impl Manager for TlsBackend {
+        type Type = TlsStream<TcpStream>;
+        type Error = std::io::Error;
+        async fn create(&self) -> std::io::Result<TlsStream<TcpStream>> {
+            let tcp = TcpStream::connect(self.addr).await?;
+            self.connector.connect(common::tls::localhost(), tcp).await
+        }
+        async fn recycle(&self, _: &mut TlsStream<TcpStream>, _: &Metrics) -> RecycleResult<std::io::Error> {
+            Ok(())
+        }
+    }
+
+    let (connector, acceptor) = common::tls::configs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (report, mut endings) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, report) = (acceptor.clone(), report.clone());
+            tokio::spawn(async move {
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut buf = Vec::new();
+                let _ = report.send(
+                    tls.read_to_end(&mut buf)
+                        .await
+                        .map(|_| buf.len())
+                        .map_err(|e| e.to_string()),
+                );
+            });
+        }
+    });
+    let pool = Pool::<TlsBackend>::builder(TlsBackend { addr, connector })
+        .max_size(2)
+        .build()
+        .unwrap();
+    for fail in [true, false, true, false] {
+        let _ = scope(async |stack| {
+            let conn = stack.enter_async_context(acquire(pool.get())).await?;
+            conn.write_all(b"request\n").await?;
+            conn.flush().await?;
+            if fail {
+                Err(std::io::Error::other("the request failed"))?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+    // Fail, succeed, fail, succeed: each failed request's connection was
+    // detached and closed cleanly (two endings), and the last succeeded
+    // request's connection is back in the pool.
+    for _ in 0..2 {
+        let ending = tokio::time::timeout(std::time::Duration::from_secs(30), endings.recv())
+            .await
+            .expect("the discarded connection ends")
+            .unwrap();
+        assert!(
+            matches!(ending, Ok(n) if n > 0),
+            "a clean TLS closure after the request: {ending:?}"
+        );
+    }
+    assert_eq!(
+        pool.status().size,
+        1,
+        "the connection of the last succeeded request is pooled"
+    );
+}
