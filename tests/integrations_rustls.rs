@@ -321,3 +321,65 @@ async fn a_peer_that_never_reads_cannot_hang_the_close_notify() {
         failure.resource
     );
 }
+
+/// With no runtime left, the alert written straight to a socket whose peer
+/// reset the connection is an `EPIPE` error, never a SIGPIPE that ends the
+/// process (Rust's `main` ignores SIGPIPE, but a program embedding the
+/// library need not). Run in a child process with SIGPIPE at its default
+/// disposition: the child must exit normally.
+#[cfg(unix)]
+#[test]
+fn a_tls_stream_abandoned_after_a_reset_raises_no_sigpipe() {
+    const CHILD: &str = "TOKIO_EXIT_STACK_SIGPIPE_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return sigpipe_child();
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_tls_stream_abandoned_after_a_reset_raises_no_sigpipe",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the child ended with {status:?} (a signal is SIGPIPE)"
+    );
+}
+
+#[cfg(unix)]
+fn sigpipe_child() {
+    // SAFETY: setting a signal's disposition to its default, in a process
+    // of its own that runs this one test on one thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let (connector, acceptor) = configs();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stack = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let (tcp, _) = tls.into_inner();
+            socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
+            drop(tcp); // a reset
+        });
+        let stack = common::cancellable();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = stack.push_resource(connector.connect(localhost(), tcp).await.unwrap());
+        server.await.unwrap();
+        // The request's read sees the reset (which clears the socket's
+        // error): the next send on it is EPIPE.
+        let mut buf = [0u8; 64];
+        while tls.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        stack
+    });
+    drop(rt);
+    drop(stack); // no runtime: `abandon` writes close_notify to the socket
+}

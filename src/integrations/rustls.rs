@@ -27,7 +27,7 @@ use crate::error::{BoxError, ResourceError};
 use crate::linger::within;
 use crate::traits::{AsyncExit, Flow, Pending};
 
-/// Sends `close_notify` and flushes it, within the flush bound.
+/// Flushes the queued `close_notify`, within the flush bound.
 async fn close_notify<T>(stream: &mut T, linger_flush: std::time::Duration) -> io::Result<()>
 where
     T: AsyncWrite + Unpin,
@@ -48,12 +48,46 @@ fn close_notify_now<D>(io: &dyn Any, conn: &mut ConnectionCommon<D>) {
     let Some(socket) = socket_of(io) else {
         return;
     };
-    let mut socket: &socket2::Socket = &socket;
+    let mut socket = NoSignal(&socket);
     while conn.wants_write() {
         match conn.write_tls(&mut socket) {
             Ok(n) if n > 0 => {}
             _ => break, // full (WouldBlock), closed, or failed: best effort
         }
+    }
+}
+
+/// Writes to a socket without waiting, and without SIGPIPE: a peer that
+/// reset the connection is an `EPIPE` error, never a signal that ends the
+/// process (a program need not ignore SIGPIPE as Rust's `main` does).
+/// Where `MSG_NOSIGNAL` does not exist, the socket's own option stands in
+/// (mio sets `SO_NOSIGPIPE` on Apple systems; Windows has no SIGPIPE).
+struct NoSignal<'a>(&'a socket2::Socket);
+
+impl io::Write for NoSignal<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly",
+        ))]
+        return self.0.send_with_flags(buf, libc::MSG_NOSIGNAL);
+        #[cfg(not(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "openbsd",
+            target_os = "dragonfly",
+        )))]
+        return self.0.send(buf);
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
