@@ -114,6 +114,11 @@ impl<DB: Database> AsyncEnter for Begin<DB> {
     }
 }
 
+/// A transaction's name in errors and traces: `sqlx::Transaction<SQLite>`.
+fn label<DB: Database>() -> String {
+    format!("sqlx::Transaction<{}>", DB::NAME)
+}
+
 /// Commits when the scope succeeded; rolls back, and waits for the
 /// rollback, when it failed or was abandoned; a failure of either is a
 /// [`TransactionError`]. See [`Begin`] for the whole story, no runtime
@@ -122,27 +127,26 @@ impl<DB: Database> AsyncEnter for Begin<DB> {
 #[async_trait::async_trait]
 impl<DB: Database> AsyncExit for Transaction<'static, DB> {
     async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
-        let name = self.label();
-        if pending.is_ok() {
-            self.commit().await.map_err(|e| TransactionError {
-                resource: name.clone().into_owned(),
-                operation: "commit",
-                source: e,
-            })?;
-            tracing::debug!(resource = %name, transaction = "committed", "transaction committed");
+        let (operation, outcome, result) = if pending.is_ok() {
+            ("commit", "committed", self.commit().await)
         } else {
-            self.rollback().await.map_err(|e| TransactionError {
-                resource: name.clone().into_owned(),
-                operation: "rollback",
-                source: e,
-            })?;
-            tracing::debug!(resource = %name, transaction = "rolled back", "transaction rolled back");
+            ("rollback", "rolled back", self.rollback().await)
+        };
+        if let Err(source) = result {
+            let resource = label::<DB>();
+            return Err(TransactionError {
+                resource,
+                operation,
+                source,
+            }
+            .into());
         }
+        tracing::debug!(database = DB::NAME, transaction = outcome, "transaction {outcome}");
         Ok(Flow::Propagate)
     }
 
     fn label(&self) -> Cow<'static, str> {
-        Cow::Owned(format!("sqlx::Transaction<{}>", DB::NAME))
+        Cow::Owned(label::<DB>())
     }
 
     fn abandon(self: Box<Self>) {
