@@ -94,6 +94,21 @@ impl Default for Linger {
     }
 }
 
+/// Runs an I/O step of a close for at most `limit`; past it, a `TimedOut`
+/// error saying what was not done (`"not flushed"`) and why.
+#[cfg_attr(not(any(feature = "io-util", feature = "rustls")), allow(dead_code))]
+pub(crate) async fn io_within<T, F>(limit: Duration, what: &str, step: F) -> std::io::Result<T>
+where
+    F: Future<Output = std::io::Result<T>>,
+{
+    within(limit, step).await.unwrap_or_else(|| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} within {limit:?}: the peer is not reading"),
+        ))
+    })
+}
+
 /// Runs `future` for at most `limit`: `None` if the limit passed first. A
 /// limit too large to add to the clock, or a runtime without the time
 /// driver (tokio panics when the timer is armed; a WARN says so), means no

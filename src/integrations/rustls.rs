@@ -24,22 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::rustls::ConnectionCommon;
 
 use crate::error::{BoxError, ResourceError};
-use crate::linger::within;
+use crate::linger::io_within;
 use crate::traits::{AsyncExit, Flow, Pending};
-
-/// Flushes the queued `close_notify`, within the flush bound.
-async fn close_notify<T>(stream: &mut T, linger_flush: std::time::Duration) -> io::Result<()>
-where
-    T: AsyncWrite + Unpin,
-{
-    match within(linger_flush, stream.flush()).await {
-        Some(result) => result,
-        None => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("close_notify not sent within {linger_flush:?}: the peer is not reading"),
-        )),
-    }
-}
 
 /// The synchronous best effort: queue `close_notify` and write it to the
 /// socket without waiting, when the transport is a socket this crate knows.
@@ -122,7 +108,7 @@ macro_rules! tls_exit {
             async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
                 let name = self.label();
                 self.get_mut().1.send_close_notify();
-                let sent = close_notify(&mut *self, pending.linger().flush_timeout).await;
+                let sent = io_within(pending.linger().flush_timeout, "close_notify not sent", self.flush()).await;
                 let (io, _) = self.into_inner();
                 if let Err(e) = sent {
                     // The transport is dropped: closed without waiting

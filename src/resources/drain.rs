@@ -4,6 +4,8 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+#[cfg(feature = "io-util")]
+use crate::linger::io_within;
 use crate::linger::{Linger, within};
 
 /// Reads and discards until EOF, `linger.drain_limit` bytes, or
@@ -38,11 +40,5 @@ where
 {
     use tokio::io::AsyncWriteExt as _;
     // `shutdown` flushes the buffer first, then shuts the writer down.
-    match within(linger.flush_timeout, writer.shutdown()).await {
-        Some(result) => result,
-        None => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("not flushed within {:?}: the peer is not reading", linger.flush_timeout),
-        )),
-    }
+    io_within(linger.flush_timeout, "not flushed", writer.shutdown()).await
 }
