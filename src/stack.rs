@@ -29,11 +29,13 @@
 //!   (moved into a task, say) is either a deadlock or a cleanup skipped;
 //! * `&mut self` registration: only one resource usable at a time.
 //!
-//! The cost is a few lines of `unsafe` in `owned.rs` and `registry.rs`,
-//! with the soundness argument written there and checked by Miri.
+//! The cost is a few lines of `unsafe` in `owned.rs` and `registry/`,
+//! with the soundness argument written there and checked by Miri (and the
+//! registry's concurrent pushes by loom).
 //!
-//! Registration takes `&self`, so the entry vector sits behind a short
-//! lock (see `Registry`), never held across an `.await`. That is what
+//! Registration takes `&self`, so the entry vector is pushed to without a
+//! lock (see `Registry`): one atomic swap per entry, and threads that
+//! register on one stack at once never wait for one another. That is what
 //! makes `&AsyncExitStack`, and so a future holding it, `Send`.
 
 use std::borrow::Cow;

@@ -188,8 +188,8 @@ impl Unwind {
     }
 
     /// Whether the rest of this unwind can run without a runtime.
-    pub(crate) fn runs_inline(&self) -> bool {
-        self.current.is_none() && self.budget.is_none() && !self.entries.iter().any(Entry::needs_runtime)
+    pub(crate) fn runs_inline(&mut self) -> bool {
+        self.current.is_none() && self.budget.is_none() && !self.entries.iter_mut().any(Entry::needs_runtime)
     }
 
     #[inline]

@@ -1,6 +1,7 @@
 //! The registry: the LIFO list of entries behind a stack or a group, the
 //! only place entries are allocated, and, with the arena (`owned.rs`), the
-//! only place with `unsafe` code.
+//! only place with `unsafe` code. Its storage, pushed to from `&self`
+//! without a lock, is [`slots`].
 //!
 //! Each entry is one allocation: an [`ErasedExit`] (an entered resource or
 //! an async closure), a [`SyncExit`] (a `Drop` value or a sync closure), or
@@ -27,14 +28,18 @@
 use std::borrow::Cow;
 use std::num::NonZeroU64;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::erased::{ErasedExit, SyncExit, label_of};
 use crate::error::panic_message;
 use crate::linger::Linger;
 use crate::owned::{self, Owned};
+
+mod slots;
+
+use slots::Slots;
 
 /// What an entry holds, in the arena.
 enum Exit {
@@ -124,13 +129,13 @@ impl Entry {
     /// Whether unwinding this entry needs a runtime (see
     /// `AsyncExit::needs_runtime`); `true` when that method panics, which
     /// is reported. Only for an entry taken out of its registry.
-    pub(crate) fn needs_runtime(&self) -> bool {
+    pub(crate) fn needs_runtime(&mut self) -> bool {
         if self.timeout().is_some() {
             return true;
         }
         // SAFETY: as in `label`.
         unsafe {
-            match &self.exit {
+            match &mut self.exit {
                 Exit::Async(exit) => {
                     let exit = exit.get();
                     catch_unwind(AssertUnwindSafe(|| exit.needs_runtime())).unwrap_or_else(|payload| {
@@ -144,7 +149,13 @@ impl Entry {
                 }
                 Exit::Sync(_) => false,
                 // The group was taken with this entry: its members too.
-                Exit::Group(group) => group.get().registry.lock().iter().any(Entry::needs_runtime),
+                Exit::Group(group) => group
+                    .get_mut()
+                    .registry
+                    .entries
+                    .as_mut_slice()
+                    .iter_mut()
+                    .any(Entry::needs_runtime),
             }
         }
     }
@@ -164,54 +175,49 @@ impl Entry {
     }
 }
 
-/// The LIFO vector of entries behind a stack or a group.
+/// The LIFO list of entries behind a stack or a group.
 ///
-/// Registration takes `&self`, so the vector sits behind a lock: that is
-/// what makes `&AsyncExitStack` (and a future holding it) `Send`. The lock
-/// is `std::sync::Mutex`, held only for a `Vec::push`, never across an
-/// `.await`, and contended only if two threads register on one stack at
-/// the same instant (scoped threads sharing it); a contended waiter parks
-/// instead of spinning on a tokio worker. A poisoned lock is recovered:
-/// a push cannot leave the vector half-written.
+/// Registration takes `&self` (that is what lets a stack lend several
+/// resources at once, and makes `&AsyncExitStack`, and a future holding it,
+/// `Send`), and takes no lock: an uncontended push costs one atomic swap
+/// and a plain store, and threads registering on one stack at once (scoped
+/// threads sharing it) never wait for one another (see [`slots`]).
 #[derive(Default)]
 pub(crate) struct Registry {
-    /// Newest last. Under `&self`, only pushed to and counted (module docs).
-    entries: Mutex<Vec<Entry>>,
+    /// Oldest first. Under `&self`, only pushed to and counted (module
+    /// docs).
+    entries: Slots<Entry>,
 }
 
 impl From<Vec<Entry>> for Registry {
     fn from(entries: Vec<Entry>) -> Self {
         Self {
-            entries: Mutex::new(entries),
+            entries: Slots::from(entries),
         }
     }
 }
 
 impl Registry {
     #[inline]
-    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The entries, under `&mut`: no lock needed.
-    #[inline]
-    fn entries_mut(&mut self) -> &mut Vec<Entry> {
-        self.entries.get_mut().unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.entries.len()
     }
 
-    /// Takes every entry out; needs `&mut`, so no lent resource is alive.
+    /// Takes every entry out, newest last; needs `&mut`, so no lent
+    /// resource is alive.
     pub(crate) fn take(&mut self) -> Vec<Entry> {
-        std::mem::take(self.entries_mut())
+        self.entries.take()
     }
 
     /// The keyed resource `key` names, if it is registered here and is a
     /// `T`; needs `&mut`, so no lent resource is alive.
     pub(crate) fn keyed_mut<T: 'static>(&mut self, key: NonZeroU64) -> Option<&mut T> {
-        let entry = self.entries_mut().iter_mut().rev().find(|e| e.key() == Some(key))?;
+        let entry = self
+            .entries
+            .as_mut_slice()
+            .iter_mut()
+            .rev()
+            .find(|e| e.key() == Some(key))?;
         match &mut entry.exit {
             // SAFETY: `&mut self`: no borrow lent at registration is alive,
             // and the one returned ends before the next `&self` use.
@@ -225,9 +231,11 @@ impl Registry {
     pub(crate) fn take_keyed<T: 'static>(&mut self, key: NonZeroU64) -> Option<T> {
         // Checked before it leaves the vector: a mismatch leaves it there.
         self.keyed_mut::<T>(key)?;
-        let entries = self.entries_mut();
-        let at = entries.iter().rposition(|e| e.key() == Some(key))?;
-        match entries.remove(at).release().0 {
+        let entry = self.entries.with_vec(|entries| {
+            let at = entries.iter().rposition(|e| e.key() == Some(key))?;
+            Some(entries.remove(at))
+        })?;
+        match entry.release().0 {
             Released::Async(exit) => exit.into_any().downcast::<T>().ok().map(|t| *t),
             Released::Sync(_) | Released::Group(_) => None,
         }
@@ -244,11 +252,7 @@ impl Registry {
 
     #[inline]
     fn push(&self, exit: Exit, options: Option<Box<Options>>) {
-        let mut entries = self.lock();
-        if entries.capacity() == 0 {
-            *entries = spare::take();
-        }
-        entries.push(Entry { exit, options });
+        self.entries.push(Entry { exit, options }, spare::take);
     }
 
     /// Moves `value` into its own allocation, registers it as the newest
