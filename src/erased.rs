@@ -25,7 +25,26 @@ use crate::traits::{AsyncExit, CallbackOutput, Flow, Pending};
 /// A synchronous exit: runs inline during the unwind.
 pub(crate) trait SyncExit: Send {
     fn exit(self: Box<Self>, pending: &Pending) -> Result<Flow, BoxError>;
-    fn label(&self) -> Cow<'static, str>;
+    /// Its type's name: a sync exit's label.
+    fn name(&self) -> &'static str;
+    fn label(&self) -> Cow<'static, str> {
+        Cow::Borrowed(self.name())
+    }
+    /// [`exit`](Self::exit) under `catch_unwind`, with the name it fails
+    /// under: the unwind's short path asks for a name only if it fails.
+    fn run(self: Box<Self>, pending: &Pending) -> SyncRun {
+        SyncRun {
+            name: self.name(),
+            outcome: catch_unwind(AssertUnwindSafe(|| self.exit(pending))),
+        }
+    }
+}
+
+/// What [`SyncExit::run`] did.
+pub(crate) struct SyncRun {
+    pub(crate) name: &'static str,
+    /// `Err`: the panic's payload.
+    pub(crate) outcome: std::thread::Result<Result<Flow, BoxError>>,
 }
 
 /// `enter_context(value)`: the value's cleanup is its `Drop`.
@@ -36,8 +55,8 @@ impl<T: Send> SyncExit for DropGuard<T> {
         drop(self);
         Ok(Flow::Propagate)
     }
-    fn label(&self) -> Cow<'static, str> {
-        Cow::Borrowed(type_name::<T>())
+    fn name(&self) -> &'static str {
+        type_name::<T>()
     }
 }
 
@@ -52,8 +71,8 @@ where
     fn exit(self: Box<Self>, pending: &Pending) -> Result<Flow, BoxError> {
         (self.0)(pending).map_err(Into::into)
     }
-    fn label(&self) -> Cow<'static, str> {
-        Cow::Borrowed(type_name::<F>())
+    fn name(&self) -> &'static str {
+        type_name::<F>()
     }
 }
 
@@ -68,8 +87,8 @@ where
     fn exit(self: Box<Self>, _: &Pending) -> Result<Flow, BoxError> {
         (self.0)().into_result().map(|()| Flow::Propagate)
     }
-    fn label(&self) -> Cow<'static, str> {
-        Cow::Borrowed(type_name::<F>())
+    fn name(&self) -> &'static str {
+        type_name::<F>()
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{Span, debug_span, field, warn};
 
 use super::Unwind;
-use crate::erased::ExitFuture;
+use crate::erased::{ExitFuture, SyncRun, label_of};
 use crate::error::BoxError;
 use crate::registry::{Entry, ExitGroup, Released};
 use crate::traits::{Flow, Pending};
@@ -203,16 +203,22 @@ impl Unwind {
     /// be kept in flight). Same outcomes as the long path.
     #[inline]
     pub(super) fn run_plain(&mut self, entry: Entry, cx: &mut Context<'_>) -> Option<InFlight> {
-        let label = entry.label(self.detailed);
         let pending = self.pending(None);
         let exit = match entry.release().0 {
             Released::Async(exit) => exit,
             Released::Sync(exit) => {
-                let outcome = flatten(catch_unwind(AssertUnwindSafe(|| exit.exit(&pending))));
-                self.settle(label, None, outcome);
+                // Named only if it fails: a sync exit's label is its type.
+                let SyncRun { name, outcome } = exit.run(&pending);
+                self.settle(Cow::Borrowed(name), None, flatten(outcome));
                 return None;
             }
             Released::Group(_) => return None, // not reached: the caller checked `is_plain`
+        };
+        // No options: the exit's own label (as `Entry::label` gives it).
+        let label = if self.detailed {
+            label_of(&*exit)
+        } else {
+            Cow::Borrowed(exit.type_name())
         };
         let mut future = match catch_unwind(AssertUnwindSafe(|| exit.start(pending))) {
             Ok(future) => future,

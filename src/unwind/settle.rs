@@ -68,6 +68,9 @@ impl Unwind {
     #[inline(always)]
     pub(super) fn settle(&mut self, label: Cow<'static, str>, trace: Trace, outcome: Result<Flow, Fail>) {
         if trace.is_none() && matches!(outcome, Ok(Flow::Propagate)) {
+            // A clean outcome owns nothing: skip its drop glue, which the
+            // compiler calls out of line (10 instructions per entry).
+            std::mem::forget(outcome);
             return;
         }
         self.settle_recorded(label, trace, outcome);
