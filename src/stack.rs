@@ -116,9 +116,9 @@ pub struct AsyncExitStack {
     cancellable: bool,
     /// The caller's tracker for background cleanups, if any.
     tracker: Option<TaskTracker>,
-    /// The span current at creation: background cleanup runs in a child
-    /// of it.
-    span: Span,
+    /// The span current at creation, if any: background cleanup runs in a
+    /// child of it.
+    span: Option<Span>,
     /// Close bounds for stream entries without their own.
     linger: Option<Arc<Linger>>,
 }
@@ -146,9 +146,9 @@ impl AsyncExitStack {
             // skip the lookup (one atomic load instead; `has_been_set` is
             // what tracing's own macro expansions call, so it stays).
             span: if tracing::dispatcher::has_been_set() {
-                Span::current()
+                Some(Span::current()).filter(|span| !span.is_none())
             } else {
-                Span::none()
+                None
             },
             linger: None,
         }
@@ -356,6 +356,7 @@ impl AsyncExitStack {
 
     /// An unwind of `entries` with this stack's settings: its runtime, its
     /// deadline, its tracker, its close bounds.
+    #[inline(always)]
     fn unwind_for(&self, entries: Vec<Entry>, chain: Chain, reason: Reason, mode: Mode) -> Unwind {
         let mut unwind = Unwind::new(entries, chain, reason, mode, self.site, background::orphaned);
         unwind.handle = self.handle.clone();
@@ -407,10 +408,10 @@ impl Drop for AsyncExitStack {
     /// and not part of a panic, panics here, after handing the cleanup off:
     /// the one, opt-in, exception, meant for test suites.
     fn drop(&mut self) {
-        let entries = self.registry.take();
-        if entries.is_empty() {
-            return;
+        if self.registry.is_empty() {
+            return; // closed, or never used: the common case
         }
+        let entries = self.registry.take();
         let panicking = std::thread::panicking();
         let count = entries.len();
         let cause = if panicking {
@@ -437,7 +438,7 @@ impl Drop for AsyncExitStack {
         }
         let mut unwind = self.unwind_for(entries, Chain::default(), Reason::Drop, Mode::Background);
         unwind.abandon(cause);
-        unwind.parent = Some(std::mem::replace(&mut self.span, Span::none()));
+        unwind.parent = self.span.take();
         background::hand_off(unwind);
         if cause == AbandonCause::Dropped && strict::is_on() {
             panic!(

@@ -203,6 +203,12 @@ impl Registry {
         self.entries.len()
     }
 
+    /// No entry; exact under `&mut self`.
+    #[inline]
+    pub(crate) fn is_empty(&mut self) -> bool {
+        self.entries.len() == 0
+    }
+
     /// Takes every entry out, newest last; needs `&mut`, so no lent
     /// resource is alive.
     pub(crate) fn take(&mut self) -> Vec<Entry> {
@@ -376,17 +382,32 @@ pub(crate) mod spare {
     /// Keeps `entries` (emptied) as the thread's spare if it is larger than
     /// the one kept, and not too large; frees it otherwise.
     pub(crate) fn give(mut entries: Vec<Entry>) {
-        entries.clear();
         if entries.capacity() == 0 || entries.capacity() > MAX_SLOTS {
-            return;
+            return discard(entries);
+        }
+        if !entries.is_empty() {
+            entries.clear();
         }
         let _ = SPARE.try_with(|spare| {
             let kept = spare.take();
-            spare.set(if kept.capacity() >= entries.capacity() {
-                kept
+            if kept.capacity() >= entries.capacity() {
+                discard(spare.replace(kept));
+                discard(entries);
             } else {
-                entries
-            });
+                discard(spare.replace(entries));
+                discard(kept);
+            }
         });
+    }
+
+    /// Drops a vector, skipping the out-of-line drop glue when it owns
+    /// nothing (no buffer): the common case, once or twice per stack.
+    #[inline(always)]
+    pub(crate) fn discard(entries: Vec<Entry>) {
+        if entries.capacity() == 0 {
+            std::mem::forget(entries);
+        } else {
+            drop(entries);
+        }
     }
 }

@@ -36,6 +36,7 @@
 //! a lost or duplicated value, or a thread's own pushes out of order fails.
 #![allow(unsafe_code)]
 
+use std::mem::ManuallyDrop;
 use std::ptr;
 
 #[cfg(all(test, tokio_exit_stack_loom))]
@@ -71,8 +72,9 @@ pub(crate) struct Slots<T> {
     /// `true` while a push holds `values`.
     busy: AtomicBool,
     /// Oldest first; touched only by the push holding `busy`, or under
-    /// `&mut self`.
-    values: UnsafeCell<Vec<T>>,
+    /// `&mut self`. Dropped by hand, and only if it has a buffer: the drop
+    /// glue of an empty vector is an out-of-line call, per stack.
+    values: UnsafeCell<ManuallyDrop<Vec<T>>>,
     /// `values.len()`, published by the push holding `busy`, for `len`.
     in_values: AtomicUsize,
     /// Values pushed while another push held `values`, newest first.
@@ -110,7 +112,7 @@ impl<T> From<Vec<T>> for Slots<T> {
         Self {
             busy: AtomicBool::new(false),
             in_values: AtomicUsize::new(values.len()),
-            values: UnsafeCell::new(values),
+            values: UnsafeCell::new(ManuallyDrop::new(values)),
             overflow: AtomicPtr::new(ptr::null_mut()),
             in_overflow: AtomicUsize::new(0),
         }
@@ -136,9 +138,11 @@ impl<T> Slots<T> {
             // SAFETY: `busy` was `false` and is now set by this push: no
             // other thread touches `values` until it is cleared below, and
             // the acquire above orders this after the last holder's writes.
-            let values = unsafe { &mut *values };
+            let values: &mut Vec<T> = unsafe { &mut *values };
             if values.capacity() == 0 {
-                *values = first_buffer();
+                // Written over, not dropped: an empty vector owns nothing,
+                // and its drop glue is an out-of-line call.
+                std::mem::forget(std::mem::replace(values, first_buffer()));
             }
             if !self.overflow.load(Ordering::Relaxed).is_null() {
                 self.drain_overflow(values);
@@ -210,7 +214,7 @@ impl<T> Slots<T> {
     pub(crate) fn with_vec<R>(&mut self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
         self.values.with_mut(|values| {
             // SAFETY: `&mut self`: no push is running.
-            let values = unsafe { &mut *values };
+            let values: &mut Vec<T> = unsafe { &mut *values };
             if !self.overflow.load(Ordering::Relaxed).is_null() {
                 self.drain_overflow(values);
             }
@@ -237,7 +241,18 @@ impl<T> Slots<T> {
 
 impl<T> Drop for Slots<T> {
     fn drop(&mut self) {
-        drop(self.take());
+        self.values.with_mut(|values| {
+            // SAFETY: `&mut self`: no push is running; the vector is
+            // dropped here once, and never used again.
+            let values = unsafe { &mut *values };
+            if !self.overflow.load(Ordering::Relaxed).is_null() {
+                self.drain_overflow(values);
+            }
+            if values.capacity() != 0 {
+                // SAFETY: as above.
+                unsafe { ManuallyDrop::drop(values) };
+            }
+        });
     }
 }
 

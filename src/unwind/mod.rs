@@ -137,6 +137,7 @@ type Yielding = Pin<Box<dyn Future<Output = ()> + Send>>;
 const YIELD_EVERY: usize = 256;
 
 impl Unwind {
+    #[inline(always)]
     pub(crate) fn new(
         entries: Vec<Entry>,
         chain: Chain,
@@ -200,24 +201,27 @@ impl Unwind {
         }
     }
 
-    fn span(&mut self) -> Span {
+    /// The unwind's span; `None` when nothing could record it.
+    fn span(&mut self) -> Option<Span> {
         if !tracing::dispatcher::has_been_set() {
-            return Span::none(); // nothing could record it
+            return None; // no subscriber was ever set
         }
         let (site, entries, reason) = (self.site, self.entries.len(), self.reason.as_str());
         let parent = self.parent.take();
-        self.span
+        let span = self
+            .span
             .get_or_insert_with(|| match parent {
                 Some(parent) => debug_span!(parent: &parent, "unwind", site = %site, entries, reason),
                 None => debug_span!("unwind", site = %site, entries, reason),
             })
-            .clone()
+            .clone();
+        Some(span).filter(|span| !span.is_none())
     }
 
     /// Runs every remaining entry, newest first.
     pub(crate) async fn run(&mut self) {
         let span = self.span();
-        self.spans = !span.is_disabled();
+        self.spans = span.as_ref().is_some_and(|span| !span.is_disabled());
         // Full labels feed the WARN/ERROR events; without a subscriber that
         // wants them, the type name is enough for the errors' own messages.
         self.detailed = self.spans || tracing::enabled!(tracing::Level::WARN);
@@ -226,11 +230,10 @@ impl Unwind {
             self.deadline = Instant::now().checked_add(budget);
         }
         self.plain = !self.spans && self.deadline.is_none();
-        if span.is_none() {
+        match span {
+            Some(span) => std::future::poll_fn(|cx| self.poll_run(cx)).instrument(span).await,
             // No subscriber could record it: no wrapper to poll and drop.
-            std::future::poll_fn(|cx| self.poll_run(cx)).await;
-        } else {
-            std::future::poll_fn(|cx| self.poll_run(cx)).instrument(span).await;
+            None => std::future::poll_fn(|cx| self.poll_run(cx)).await,
         }
     }
 

@@ -132,10 +132,13 @@ impl Unwind {
 
     /// The foreground result: `Ok` (with the first entry that suppressed
     /// an error, if any), the final error, or the first panic resumed.
-    pub(crate) fn finish(mut self) -> Result<Option<Cow<'static, str>>, Error> {
+    pub(crate) fn finish(&mut self) -> Result<Option<Cow<'static, str>>, Error> {
         self.done = true;
         if let Some(payload) = self.panic.take() {
             std::panic::resume_unwind(payload);
+        }
+        if self.chain.is_empty() {
+            return Ok(self.suppressed_by.take());
         }
         match mem::take(&mut self.chain).into_error() {
             None => Ok(self.suppressed_by.take()),
