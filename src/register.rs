@@ -39,8 +39,11 @@ macro_rules! registering_methods {
         /// finished, nothing is registered, and whatever the enter had
         /// acquired is dropped with it (`Drop` semantics). Once the enter has
         /// finished, registering cannot be interrupted.
-        pub async fn enter_async_context<C: $crate::AsyncEnter>(&self, cm: C) -> Result<&mut C::Resource, C::Error> {
-            self.entry().enter_async_context(cm).await
+        pub fn enter_async_context<C: $crate::AsyncEnter>(
+            &self,
+            cm: C,
+        ) -> impl std::future::Future<Output = Result<&mut C::Resource, C::Error>> {
+            self.entry().enter_async_context(cm)
         }
 
         /// Registers an already open resource's exit without entering anything

@@ -354,12 +354,13 @@ impl AsyncExitStack {
         self.unwind(Chain::default(), Reason::Aclose).await.map(|_| ())
     }
 
-    /// An unwind of `entries` with this stack's settings: its runtime, its
-    /// deadline, its tracker, its close bounds.
+    /// An unwind of `entries` with this stack's settings: its runtime
+    /// (moved, not cloned: two atomic operations fewer per unwind; `aclose`
+    /// moves it back), its deadline, its tracker, its close bounds.
     #[inline(always)]
-    fn unwind_for(&self, entries: Vec<Entry>, chain: Chain, reason: Reason, mode: Mode) -> Unwind {
+    fn unwind_for(&mut self, entries: Vec<Entry>, chain: Chain, reason: Reason, mode: Mode) -> Unwind {
         let mut unwind = Unwind::new(entries, chain, reason, mode, self.site, background::orphaned);
-        unwind.handle = self.handle.clone();
+        unwind.handle = self.handle.take();
         unwind.budget = self.unwind_timeout;
         unwind.tracker = self.tracker.clone();
         unwind.linger = self.linger.clone();
@@ -375,6 +376,10 @@ impl AsyncExitStack {
         }
         let mut unwind = self.unwind_for(entries, chain, reason, Mode::Foreground);
         unwind.run().await;
+        // Back to the stack, which stays usable. (A cancelled unwind keeps
+        // it for its background remainder; the stack then finds the
+        // current runtime, if a later drop needs one.)
+        self.handle = unwind.handle.take();
         unwind.finish()
     }
 }

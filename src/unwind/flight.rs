@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{Span, debug_span, field, warn};
 
 use super::Unwind;
-use crate::erased::{ExitFuture, SyncRun, label_of};
+use crate::erased::{ExitFuture, SyncExit, SyncRun, label_of};
 use crate::error::BoxError;
 use crate::registry::{Entry, ExitGroup, Released};
 use crate::traits::{Flow, Pending};
@@ -207,9 +207,7 @@ impl Unwind {
         let exit = match entry.release().0 {
             Released::Async(exit) => exit,
             Released::Sync(exit) => {
-                // Named only if it fails: a sync exit's label is its type.
-                let SyncRun { name, outcome } = exit.run(&pending);
-                self.settle(Cow::Borrowed(name), None, flatten(outcome));
+                self.run_plain_syncs(exit, pending);
                 return None;
             }
             Released::Group(_) => return None, // not reached: the caller checked `is_plain`
@@ -243,6 +241,32 @@ impl Unwind {
         };
         self.settle(label, None, outcome);
         None
+    }
+
+    /// Runs `exit`, then every plain sync entry right behind it, all told
+    /// one `pending`, rebuilt only when an outcome changes the chain. In a
+    /// loop that yields to the scheduler, only `exit` runs here: the
+    /// caller's loop counts entries.
+    fn run_plain_syncs(&mut self, mut exit: Box<dyn SyncExit>, mut pending: Pending) {
+        loop {
+            // Named only if it fails: a sync exit's label is its type.
+            let SyncRun { name, outcome } = exit.run(&pending);
+            let outcome = flatten(outcome);
+            if matches!(outcome, Ok(Flow::Propagate)) {
+                // Owns nothing: skip the out-of-line drop glue.
+                std::mem::forget(outcome);
+            } else {
+                self.settle(Cow::Borrowed(name), None, outcome);
+                pending = self.pending(None);
+            }
+            if self.cooperative || !self.entries.last().is_some_and(|e| e.is_plain() && e.is_sync()) {
+                return;
+            }
+            match self.entries.pop().map(|e| e.release().0) {
+                Some(Released::Sync(next)) => exit = next,
+                _ => return, // not reached: checked just above
+            }
+        }
     }
 
     /// The span of one entry, and when it started; nothing when entry spans
