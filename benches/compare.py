@@ -1,6 +1,6 @@
 """The one command behind BENCHMARKS.md:
 
-    python3 benches/compare.py          # 5 runs of side_by_side + CPython, ~40 seconds
+    python3 benches/compare.py          # 5 runs of side_by_side + CPython, ~25 seconds
     python3 benches/compare.py --quick  # 1 short run
 
 Runs `cargo bench --bench side_by_side` (the crate and the bare lists,
