@@ -116,8 +116,9 @@ pub struct AsyncExitStack {
     cancellable: bool,
     /// The caller's tracker for background cleanups, if any.
     tracker: Option<TaskTracker>,
-    /// The span current at creation, if any: background cleanup runs in a
-    /// child of it.
+    /// The span current at creation (`None` when no dispatcher was ever
+    /// set, so none could have been): background cleanup runs in a child
+    /// of it (a root span if it is disabled).
     span: Option<Span>,
     /// Close bounds for stream entries without their own.
     linger: Option<Arc<Linger>>,
@@ -146,7 +147,7 @@ impl AsyncExitStack {
             // skip the lookup (one atomic load instead; `has_been_set` is
             // what tracing's own macro expansions call, so it stays).
             span: if tracing::dispatcher::has_been_set() {
-                Some(Span::current()).filter(|span| !span.is_none())
+                Some(Span::current())
             } else {
                 None
             },

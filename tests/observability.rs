@@ -206,3 +206,24 @@ async fn a_transactions_outcome_is_an_event_in_its_exits_span() {
         ]
     );
 }
+
+/// A stack made outside any span belongs to no span: dropped inside one
+/// (its sync cleanup then runs right there, inline), its unwind is a root
+/// span, not a child of whatever span was current at the drop.
+#[tokio::test(flavor = "current_thread")]
+async fn s20_a_stack_made_outside_any_span_unwinds_in_a_root_span_wherever_it_is_dropped() {
+    use tracing::Instrument as _;
+
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let stack = common::cancellable();
+    stack.callback(|| ());
+    async { drop(stack) }.instrument(tracing::info_span!("elsewhere")).await;
+    tokio_exit_stack::drain(Duration::from_secs(5)).await;
+    let unwind = capture
+        .spans()
+        .into_iter()
+        .find(|s| s.name == "unwind")
+        .expect("the drop made an unwind span");
+    assert_eq!(unwind.parent, None, "{unwind:?}");
+}
