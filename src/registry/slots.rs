@@ -22,8 +22,8 @@
 //!   order to keep.
 //!
 //! Nothing waits and nothing spins: a contended push completes after a
-//! compare-and-swap loop that only retries when another overflow push
-//! succeeded. A push that unwinds while holding the vector (only on
+//! compare-and-swap loop that retries only when another overflow push
+//! succeeded in between (or, as a weak compare-and-swap may, spuriously). A push that unwinds while holding the vector (only on
 //! capacity overflow, as `Vec::push` does) leaves `busy` set, and every
 //! later push takes the overflow path: slower, still correct.
 //!
