@@ -403,7 +403,7 @@ pub(crate) mod spare {
     /// Drops a vector, skipping the out-of-line drop glue when it owns
     /// nothing (no buffer): the common case, once or twice per stack.
     #[inline(always)]
-    pub(crate) fn discard(entries: Vec<Entry>) {
+    fn discard(entries: Vec<Entry>) {
         if entries.capacity() == 0 {
             std::mem::forget(entries);
         } else {
