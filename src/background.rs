@@ -14,7 +14,7 @@
 //!   `Handle::current()` (which panics outside a runtime): `Drop` must
 //!   never block or panic.
 //! * The task runs under the `tracing` dispatcher that was current at the
-//!   drop, in a span that is a child of the span current where the stack
+//!   drop (or, when none was, under the one current where it runs), in a span that is a child of the span current where the stack
 //!   was created, so a scoped subscriber sees it and an operator can tie it
 //!   to its request.
 //! * Each task is tracked either by the caller's own tokio-util
@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::instrument::WithSubscriber as _;
-use tracing::{debug, error, warn};
+use tracing::{Dispatch, debug, error, warn};
 
 use crate::error::{AbandonCause, Abandoned, panic_message};
 use crate::unwind::{Mode, Reason, Unwind};
@@ -71,24 +71,44 @@ pub(crate) fn hand_off(mut unwind: Unwind) {
         lose(&mut unwind, Lost::NoRuntime);
         return;
     };
-    // The events of the cleanup go where the events of the code that
-    // dropped the stack went.
-    let dispatch = unwind
-        .dispatch
-        .get_or_insert_with(|| tracing::dispatcher::get_default(Clone::clone))
-        .clone();
+    if unwind.dispatch.is_none() {
+        unwind.dispatch = listening_dispatch();
+    }
+    let dispatch = unwind.dispatch.clone();
     // If the runtime is already shut down, the task is dropped inside
     // `spawn`, and `Unwind`'s `Drop` tries the current runtime, then
     // reports the loss.
     match unwind.tracker.clone() {
         Some(tracker) => {
-            tracker.spawn_on(run(unwind).with_subscriber(dispatch), &handle);
+            let task = run(unwind);
+            match dispatch {
+                Some(dispatch) => tracker.spawn_on(task.with_subscriber(dispatch), &handle),
+                None => tracker.spawn_on(task, &handle),
+            };
         }
         None => {
-            let tracked = Tracked::new(unwind);
-            handle.spawn(tracked.run().with_subscriber(dispatch));
+            let task = Tracked::new(unwind).run();
+            match dispatch {
+                Some(dispatch) => handle.spawn(task.with_subscriber(dispatch)),
+                None => handle.spawn(task),
+            };
         }
     }
+}
+
+/// The dispatcher current here, under which a cleanup begun here runs:
+/// its events go where the events of the code that dropped the stack went.
+///
+/// `None` when that is the no-op dispatcher (no subscriber here): the
+/// cleanup then runs under whatever is current where it runs. Scoping the
+/// no-op dispatcher instead would be worse than silent: tracing caches,
+/// once per process, whether anything wants each event and span call site,
+/// and a call site first reached under it would be cached as unwanted for
+/// good, hiding the crate's events from a subscriber set later.
+fn listening_dispatch() -> Option<Dispatch> {
+    tracing::dispatcher::get_default(|dispatch| {
+        (!dispatch.is::<tracing::subscriber::NoSubscriber>()).then(|| dispatch.clone())
+    })
 }
 
 /// A background unwind counted as running in the default tracker from

@@ -116,7 +116,8 @@ pub(crate) struct Unwind {
     /// The span current where the stack was created: a background unwind's
     /// span is its child, so an operator can tie it to its request.
     pub(crate) parent: Option<Span>,
-    /// The dispatcher current where the stack was dropped: a loss is
+    /// The dispatcher current where the stack was dropped, unless that was
+    /// the no-op one: the background task runs under it, and a loss is
     /// reported there too.
     pub(crate) dispatch: Option<Dispatch>,
     /// The stack's close bounds, for entries without their own.

@@ -116,6 +116,14 @@ impl Capture {
             let subscriber = tracing_subscriber::registry().with(Router);
             tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
         });
+        // tracing caches each callsite's interest the first time it is hit.
+        // A callsite first hit on another test's thread while the global
+        // subscriber was being set can cache "never" for good (the dispatch
+        // is registered before it is installed: tokio-rs/tracing#2874,
+        // #3611), and this test would then capture nothing from it. Asking
+        // every known callsite again makes that cache right before each
+        // capture.
+        tracing::callsite::rebuild_interest_cache();
         ACTIVE.with(|a| *a.borrow_mut() = Some(self.clone()));
         CaptureGuard
     }
