@@ -357,7 +357,7 @@ impl AsyncExitStack {
 
     /// An unwind of `entries` with this stack's settings: its runtime
     /// (moved, not cloned: two atomic operations fewer per unwind; `aclose`
-    /// moves it back), its deadline, its tracker, its close bounds.
+    /// moves it back, or clones it back if cancelled), its deadline, its tracker, its close bounds.
     #[inline(always)]
     fn unwind_for(&mut self, entries: Vec<Entry>, chain: Chain, reason: Reason, mode: Mode) -> Unwind {
         let mut unwind = Unwind::new(entries, chain, reason, mode, self.site, background::orphaned);
@@ -375,13 +375,32 @@ impl AsyncExitStack {
         if entries.is_empty() && chain.is_empty() {
             return Ok(None);
         }
-        let mut unwind = self.unwind_for(entries, chain, reason, Mode::Foreground);
-        unwind.run().await;
-        // Back to the stack, which stays usable. (A cancelled unwind keeps
-        // it for its background remainder; the stack then finds the
-        // current runtime, if a later drop needs one.)
-        self.handle = unwind.handle.take();
-        unwind.finish()
+        let unwind = self.unwind_for(entries, chain, reason, Mode::Foreground);
+        let mut run = HandBack {
+            handle: &mut self.handle,
+            unwind,
+        };
+        run.unwind.run().await;
+        // Back to the stack, which stays usable.
+        *run.handle = run.unwind.handle.take();
+        run.unwind.finish()
+    }
+}
+
+/// A foreground unwind and the stack's runtime slot it took the handle
+/// from. Dropped unfinished (its `aclose` or scope was cancelled), the
+/// unwind keeps the handle for its background remainder and the stack gets
+/// a clone, so it stays bound to its runtime if it is used again.
+struct HandBack<'a> {
+    handle: &'a mut Option<Handle>,
+    unwind: Unwind,
+}
+
+impl Drop for HandBack<'_> {
+    fn drop(&mut self) {
+        if self.handle.is_none() {
+            self.handle.clone_from(&self.unwind.handle);
+        }
     }
 }
 

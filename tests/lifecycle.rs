@@ -165,6 +165,34 @@ fn s20_a_drop_on_a_foreign_thread_runs_on_the_creating_runtime() {
     }
 }
 
+/// A stack whose `aclose` was cancelled stays bound to the runtime it was
+/// created on: reused, then dropped on a plain thread, its new entry still
+/// runs there (not lost for want of a runtime at the drop).
+#[test]
+fn s20_after_a_cancelled_aclose_a_drop_on_a_foreign_thread_still_runs_on_the_creating_runtime() {
+    for rt in both_runtimes() {
+        rt.block_on(async {
+            let mut stack = AsyncExitStack::new();
+            let (gate, gated) = oneshot::channel::<()>();
+            stack.push_async_callback(move || async move {
+                let _ = gated.await;
+            });
+            // `aclose` is polled once (its entry waits), then cancelled.
+            tokio::select! {
+                biased;
+                _ = stack.aclose() => panic!("the entry waits for its gate"),
+                () = std::future::ready(()) => {}
+            }
+            let done = signal(&stack);
+            std::thread::spawn(move || common::drop_forgotten(stack))
+                .join()
+                .unwrap();
+            let _ = gate.send(());
+            done.await.expect("the new entry ran on the stack's runtime");
+        });
+    }
+}
+
 both_flavours! {
     async fn s21_a_cancelled_owner_future_still_runs_every_entry_once() {
         let log = Log::default();
