@@ -133,20 +133,39 @@ pub(crate) struct Unwind {
 
 type Yielding = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What an unwind inherits from the stack that made it.
+pub(crate) struct Origin {
+    /// Where the stack was created.
+    pub(crate) site: &'static Location<'static>,
+    /// Where the unwind's remainder goes if it is dropped unfinished.
+    pub(crate) orphaned: fn(Unwind),
+    /// The stack's runtime, for a background remainder.
+    pub(crate) handle: Option<Handle>,
+    /// The stack's budget for the whole unwind.
+    pub(crate) budget: Option<Duration>,
+    /// The stack's tracker for its background task.
+    pub(crate) tracker: Option<TaskTracker>,
+    /// The stack's close bounds.
+    pub(crate) linger: Option<Arc<Linger>>,
+}
+
 /// How many entries one poll of an unwind runs at most, when it runs in a
 /// task: a few hundred microseconds of cleanup at most.
 const YIELD_EVERY: usize = 256;
 
 impl Unwind {
     #[inline(always)]
-    pub(crate) fn new(
-        entries: Vec<Entry>,
-        chain: Chain,
-        reason: Reason,
-        mode: Mode,
-        site: &'static Location<'static>,
-        orphaned: fn(Unwind),
-    ) -> Self {
+    pub(crate) fn new(entries: Vec<Entry>, chain: Chain, reason: Reason, mode: Mode, origin: Origin) -> Self {
+        // One literal, so that a caller keeping the unwind across an
+        // `.await` can have it built in place: it is a few hundred bytes.
+        let Origin {
+            site,
+            orphaned,
+            handle,
+            budget,
+            tracker,
+            linger,
+        } = origin;
         Self {
             entries,
             current: None,
@@ -155,10 +174,10 @@ impl Unwind {
             failed: false,
             suppressed_by: None,
             site,
-            handle: None,
+            handle,
             reason,
             mode,
-            budget: None,
+            budget,
             deadline: None,
             span: None,
             detailed: true,
@@ -167,10 +186,10 @@ impl Unwind {
             done: false,
             cooperative: false,
             yielding: None,
-            tracker: None,
+            tracker,
             parent: None,
             dispatch: None,
-            linger: None,
+            linger,
             orphaned,
             rehomed: false,
         }
