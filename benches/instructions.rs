@@ -16,7 +16,8 @@
 //! subscriber that filters the crate out) and `recording-<workload>` (one
 //! that records the crate's spans, printing nothing); the second argument
 //! is the number of entries. Each
-//! runs 1,000 register + unwind rounds after one warm-up round.
+//! runs 1,000 register + unwind rounds after one warm-up round (an
+//! optional third argument sets another number, for `perf record`).
 
 mod common;
 
@@ -108,6 +109,8 @@ fn main() {
         return;
     };
     let n: usize = n.parse().expect("number of entries");
+    // An optional third argument: the number of rounds (for `perf record`).
+    let rounds: usize = args.get(3).map_or(1000, |r| r.parse().expect("number of rounds"));
     // `filtered-<workload>`: the same under a subscriber that filters the
     // crate's spans and events out (only ERROR passes).
     // `recording-<workload>`: under one that records the crate's spans
@@ -130,7 +133,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
         round(workload, n).await;
-        for _ in 0..1000 {
+        for _ in 0..rounds {
             round(workload, n).await;
         }
     });

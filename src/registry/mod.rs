@@ -256,9 +256,12 @@ impl Registry {
         NonZeroU64::new(id).unwrap_or(NonZeroU64::MIN)
     }
 
-    #[inline]
-    fn push(&self, exit: Exit, options: Option<Box<Options>>) {
-        self.entries.push(Entry { exit, options }, spare::take);
+    /// Registers the entry `make` builds. The entry is built only once
+    /// its slot is ready (see `Slots::push_with`), from the parts the
+    /// closure holds.
+    #[inline(always)]
+    fn push(&self, make: impl FnOnce() -> Entry) {
+        self.entries.push_with(make, spare::take);
     }
 
     /// Moves `value` into its own allocation, registers it as the newest
@@ -269,7 +272,10 @@ impl Registry {
         // freed only under `&mut self`, by value, or by dropping the
         // registry (module docs).
         let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn ErasedExit) };
-        self.push(Exit::Async(owner), options);
+        self.push(move || Entry {
+            exit: Exit::Async(owner),
+            options,
+        });
         borrow
     }
 
@@ -278,7 +284,10 @@ impl Registry {
     pub(crate) fn register_sync<T: SyncExit + 'static>(&self, value: T, options: Option<Box<Options>>) -> &mut T {
         // SAFETY: as in `register_async`.
         let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn SyncExit) };
-        self.push(Exit::Sync(owner), options);
+        self.push(move || Entry {
+            exit: Exit::Sync(owner),
+            options,
+        });
         borrow
     }
 
@@ -289,7 +298,10 @@ impl Registry {
         };
         // SAFETY: as in `register_async`.
         let (owner, borrow) = unsafe { owned::alloc(group, |p| p) };
-        self.push(Exit::Group(owner), options);
+        self.push(move || Entry {
+            exit: Exit::Group(owner),
+            options,
+        });
         borrow
     }
 }
