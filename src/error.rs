@@ -83,14 +83,15 @@ impl Chain {
         self.links.len()
     }
 
-    /// The pending errors as exits see them. Costs nothing when none is
-    /// pending, and one allocation per change of the chain otherwise.
+    /// The pending errors as exits see them, shared. Costs nothing when
+    /// none is pending, and one allocation per change of the chain
+    /// otherwise.
     #[inline]
-    pub(crate) fn pending(&mut self) -> Option<Arc<[Link]>> {
+    pub(crate) fn shared(&mut self) -> Option<&Arc<[Link]>> {
         if self.links.is_empty() {
             return None;
         }
-        Some(self.told.get_or_insert_with(|| self.links.as_slice().into()).clone())
+        Some(self.told.get_or_insert_with(|| self.links.as_slice().into()))
     }
 
     /// The chain an exit was told, for a nested stack's unwind: the same

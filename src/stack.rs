@@ -513,15 +513,15 @@ impl Drop for AsyncExitStack {
 impl AsyncExit for AsyncExitStack {
     async fn exit(mut self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
         if self.linger.is_none() {
-            self.linger = pending.linger.clone();
+            self.linger = pending.linger_set().cloned();
         }
-        let told = Chain::told(pending.chain.clone());
+        let told = Chain::told(pending.chain().cloned());
         let was_pending = pending.is_err();
         match self.unwind(told, Reason::Nested).await {
             Ok(Some(_suppressor)) if was_pending => Ok(Flow::Suppress),
             Ok(_) => Ok(Flow::Propagate),
             // Nothing new: the pending error goes on unchanged.
-            Err(e) if e.is_exactly(pending.chain.as_deref().unwrap_or_default()) => Ok(Flow::Propagate),
+            Err(e) if e.is_exactly(pending.chain().map_or(&[][..], |chain| &chain[..])) => Ok(Flow::Propagate),
             Err(e) => Err(Box::new(e)),
         }
     }

@@ -27,6 +27,10 @@ use crate::linger::Linger;
 /// return (or a bare `raise` of the error it was given), `Suppress` a truthy
 /// one. To raise a *new* error, an exit returns `Err`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// A word wide, not a byte: an exit's result is written by the exit and
+// read back by the unwinder as whole words; a one-byte store read back
+// as a word cannot be forwarded, and stalls the unwind on every entry.
+#[repr(usize)]
 pub enum Flow {
     /// Leave the pending error (if any) as it is; outer entries see it too.
     Propagate,
@@ -54,8 +58,16 @@ pub enum Flow {
 /// nothing otherwise. The errors it holds are the very objects the
 /// final [`Error`](crate::Error) will hold; to chain the pending error as
 /// the `source()` of a new one, take it with [`cause`](Self::cause).
+///
+/// It is one pointer wide, and `None` inside when nothing is pending and no
+/// bounds are set: handing it to an exit costs no allocation and no atomic
+/// operation then.
 #[derive(Clone, Default)]
-pub struct Pending {
+pub struct Pending(pub(crate) Option<Arc<Told>>);
+
+/// What a [`Pending`] holds when it holds anything: one allocation, shared
+/// by every exit told the same.
+pub(crate) struct Told {
     /// Every pending error, oldest first; the last is the one `error`
     /// returns. `None` when nothing is pending, never an empty slice.
     pub(crate) chain: Option<Arc<[Link]>>,
@@ -66,24 +78,36 @@ pub struct Pending {
 impl Pending {
     /// No error is pending: the body succeeded and so did every newer exit.
     pub const fn none() -> Self {
-        Self {
-            chain: None,
-            linger: None,
-        }
+        Self(None)
     }
 
     /// A pending error, as an exit of a hand-driven unwind (or a test of an
     /// [`AsyncExit`] implementation) would see it.
     pub fn new(error: impl Into<BoxError>) -> Self {
-        Self {
-            chain: Some(Arc::new([Arc::new(error.into())])),
-            linger: None,
+        Self::told(Some(Arc::new([Arc::new(error.into())])), None)
+    }
+
+    /// The pending errors `chain` with the bounds `linger`.
+    pub(crate) fn told(chain: Option<Arc<[Link]>>, linger: Option<Arc<Linger>>) -> Self {
+        if chain.is_none() && linger.is_none() {
+            return Self(None);
         }
+        Self(Some(Arc::new(Told { chain, linger })))
+    }
+
+    /// The pending errors, oldest first; `None` when nothing is pending.
+    pub(crate) fn chain(&self) -> Option<&Arc<[Link]>> {
+        self.0.as_ref().and_then(|told| told.chain.as_ref())
+    }
+
+    /// The close bounds set for this entry or its stack, if any.
+    pub(crate) fn linger_set(&self) -> Option<&Arc<Linger>> {
+        self.0.as_ref().and_then(|told| told.linger.as_ref())
     }
 
     /// The newest pending error, if any. Downcast it with `downcast_ref`.
     pub fn error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
-        self.chain.as_deref().and_then(<[Link]>::last).map(|link| &***link)
+        self.chain().and_then(|chain| chain.last()).map(|link| &***link)
     }
 
     /// Every pending error, newest first, each downcastable: the same
@@ -112,9 +136,8 @@ impl Pending {
     /// # }
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = &(dyn StdError + Send + Sync + 'static)> {
-        self.chain
-            .as_deref()
-            .unwrap_or_default()
+        self.chain()
+            .map_or(&[][..], |chain| &chain[..])
             .iter()
             .rev()
             .map(|link| &***link)
@@ -124,7 +147,7 @@ impl Pending {
     /// of a new error this exit raises, or something to log later. See
     /// [`Cause`](crate::error::Cause).
     pub fn cause(&self) -> Option<Cause> {
-        self.chain.as_deref().and_then(<[Link]>::last).cloned().map(Cause)
+        self.chain().and_then(|chain| chain.last()).cloned().map(Cause)
     }
 
     /// The bounds this exit should keep when it closes a stream: the
@@ -132,7 +155,7 @@ impl Pending {
     /// exits of this crate read it; an exit of your own that wraps a stream
     /// passes its `Pending` on, or reads this.
     pub fn linger(&self) -> Linger {
-        self.linger.as_deref().copied().unwrap_or_default()
+        self.linger_set().map(|linger| **linger).unwrap_or_default()
     }
 
     /// This `Pending` with other close bounds: for an exit of your own that
@@ -156,19 +179,23 @@ impl Pending {
     /// }
     /// # }
     /// ```
-    pub fn with_linger(mut self, linger: Linger) -> Self {
-        self.linger = Some(Arc::new(linger));
-        self
+    pub fn with_linger(self, linger: Linger) -> Self {
+        self.with_linger_set(Arc::new(linger))
+    }
+
+    /// This `Pending` with the bounds `linger`.
+    pub(crate) fn with_linger_set(self, linger: Arc<Linger>) -> Self {
+        Self::told(self.chain().cloned(), Some(linger))
     }
 
     /// `true` when no error is pending (commit).
     pub fn is_ok(&self) -> bool {
-        self.chain.is_none()
+        self.chain().is_none()
     }
 
     /// `true` when an error is pending (roll back).
     pub fn is_err(&self) -> bool {
-        self.chain.is_some()
+        self.chain().is_some()
     }
 
     /// `true` when the pending error says the scope was abandoned: the stack

@@ -309,10 +309,7 @@ impl Unwind {
                 let timeout = shorter(member.timeout(), bound);
                 let linger = member.linger().or(group_linger.as_ref()).cloned();
                 let told = match &linger {
-                    Some(linger) => Pending {
-                        chain: pending.chain.clone(),
-                        linger: Some(linger.clone()),
-                    },
+                    Some(linger) => pending.clone().with_linger_set(linger.clone()),
                     None => pending.clone(),
                 };
                 let label = member.label(self.detailed || timeout.is_some());

@@ -36,7 +36,7 @@ use tracing::{Dispatch, Instrument as _, Span, debug_span, error};
 use crate::error::{Abandoned, Chain, panic_message};
 use crate::linger::Linger;
 use crate::registry::{Entry, Released, spare};
-use crate::traits::Pending;
+use crate::traits::{Pending, Told};
 
 use self::flight::{InFlight, drop_caught};
 
@@ -77,6 +77,9 @@ pub(crate) struct Unwind {
     current: Option<InFlight>,
     /// Unsuppressed errors, oldest first; the last is the pending one.
     pub(crate) chain: Chain,
+    /// The last `Pending` with anything in it that an exit was told, to
+    /// tell the next exit the same without a new allocation.
+    told: Option<Arc<Told>>,
     /// The first panic payload, resumed by `finish`.
     pub(crate) panic: Option<Box<dyn Any + Send>>,
     /// Whether any entry failed (error, panic or timeout).
@@ -170,6 +173,7 @@ impl Unwind {
             entries,
             current: None,
             chain,
+            told: None,
             panic: None,
             failed: false,
             suppressed_by: None,
@@ -213,12 +217,39 @@ impl Unwind {
         self.current.is_none() && self.budget.is_none() && !self.entries.iter_mut().any(Entry::needs_runtime)
     }
 
+    /// What the next exit is told: the pending errors, and its own close
+    /// bounds (`own`) or the stack's. Nothing to allocate or count when
+    /// neither errors nor bounds are there; otherwise one `Told` shared by
+    /// every exit told the same, made again only when that changes.
     #[inline]
-    fn pending(&mut self, linger: Option<&Arc<Linger>>) -> Pending {
-        Pending {
-            chain: self.chain.pending(),
-            linger: linger.or(self.linger.as_ref()).cloned(),
+    fn pending(&mut self, own: Option<&Arc<Linger>>) -> Pending {
+        if self.chain.is_empty() && own.is_none() && self.linger.is_none() {
+            return Pending::none();
         }
+        self.pending_shared(own)
+    }
+
+    fn pending_shared(&mut self, own: Option<&Arc<Linger>>) -> Pending {
+        let linger = own.or(self.linger.as_ref());
+        let chain = self.chain.shared();
+        let same = |a: Option<&Arc<Linger>>, b: Option<&Arc<Linger>>| match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if let Some(told) = &self.told {
+            let same_chain = match (told.chain.as_ref(), chain) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if same_chain && same(told.linger.as_ref(), linger) {
+                return Pending(Some(told.clone()));
+            }
+        }
+        let pending = Pending::told(chain.cloned(), linger.cloned());
+        self.told.clone_from(&pending.0);
+        pending
     }
 
     /// The unwind's span; `None` when nothing could record it.
@@ -361,6 +392,7 @@ impl Unwind {
             entries: mem::take(&mut self.entries),
             current: self.current.take(),
             chain: mem::take(&mut self.chain),
+            told: self.told.take(),
             panic: self.panic.take(),
             failed: self.failed,
             suppressed_by: self.suppressed_by.take(),
