@@ -352,7 +352,7 @@ impl AsyncExitStack {
     /// If an entry panicked, the remaining entries still run, then the
     /// first panic is resumed here.
     pub async fn aclose(&mut self) -> Result<(), Error> {
-        self.unwind(Chain::default(), Reason::Aclose).await.map(|_| ())
+        self.unwind(Chain::default, Reason::Aclose).await.map(|_| ())
     }
 
     /// What an unwind of this stack inherits: its site, its runtime
@@ -373,7 +373,16 @@ impl AsyncExitStack {
 
     /// Unwinds with `chain` pending; `Ok` carries the first entry that
     /// suppressed an error, if one did.
-    async fn unwind(&mut self, chain: Chain, reason: Reason) -> Result<Option<Cow<'static, str>>, Error> {
+    ///
+    /// The chain is made here, not passed in: an argument of an `async fn`
+    /// is stored in its future and moved out again, which for `aclose`'s
+    /// empty chain cost a stall on every call.
+    async fn unwind(
+        &mut self,
+        chain: impl FnOnce() -> Chain,
+        reason: Reason,
+    ) -> Result<Option<Cow<'static, str>>, Error> {
+        let chain = chain();
         let entries = self.registry.take();
         if entries.is_empty() && chain.is_empty() {
             return Ok(None);
@@ -517,7 +526,7 @@ impl AsyncExit for AsyncExitStack {
         }
         let told = Chain::told(pending.chain().cloned());
         let was_pending = pending.is_err();
-        match self.unwind(told, Reason::Nested).await {
+        match self.unwind(move || told, Reason::Nested).await {
             Ok(Some(_suppressor)) if was_pending => Ok(Flow::Suppress),
             Ok(_) => Ok(Flow::Propagate),
             // Nothing new: the pending error goes on unchanged.
@@ -702,7 +711,7 @@ where
             None
         }
     };
-    let by = stack.unwind(chain, Reason::ScopeEnd).await?;
+    let by = stack.unwind(move || chain, Reason::ScopeEnd).await?;
     Ok((value, by))
 }
 
