@@ -250,13 +250,15 @@ impl Unwind {
     fn run_plain_syncs(&mut self, mut exit: Box<dyn SyncExit>, mut pending: Pending) {
         loop {
             // Named only if it fails: a sync exit's label is its type.
-            let SyncRun { name, outcome } = exit.run(&pending);
-            let outcome = flatten(outcome);
-            if matches!(outcome, Ok(Flow::Propagate)) {
+            let run = exit.run(&pending);
+            // Checked where the exit wrote it, before anything is moved: a
+            // move reads every word back, some wider than they were written.
+            if matches!(run.outcome, Ok(Ok(Flow::Propagate))) {
                 // Owns nothing: skip the out-of-line drop glue.
-                std::mem::forget(outcome);
+                std::mem::forget(run);
             } else {
-                self.settle(Cow::Borrowed(name), None, outcome);
+                let SyncRun { name, outcome } = run;
+                self.settle(Cow::Borrowed(name), None, flatten(outcome));
                 pending = self.pending(None);
             }
             if self.cooperative || !self.entries.last().is_some_and(|e| e.is_plain() && e.is_sync()) {
