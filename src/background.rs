@@ -14,9 +14,10 @@
 //!   `Handle::current()` (which panics outside a runtime): `Drop` must
 //!   never block or panic.
 //! * The task runs under the `tracing` dispatcher that was current at the
-//!   drop (or, when none was, under the one current where it runs), in a span that is a child of the span current where the stack
-//!   was created, so a scoped subscriber sees it and an operator can tie it
-//!   to its request.
+//!   drop (or, when none was, under the one current where it runs), in a
+//!   span that is a child of the span current where the stack was
+//!   created, so a scoped subscriber sees it and an operator can tie it to
+//!   its request.
 //! * Each task is tracked either by the caller's own tokio-util
 //!   `TaskTracker` (see `AsyncExitStack::set_tracker`), or by the
 //!   process-wide default: a count of running tasks in a `watch` channel,

@@ -59,9 +59,9 @@ pub enum Flow {
 /// final [`Error`](crate::Error) will hold; to chain the pending error as
 /// the `source()` of a new one, take it with [`cause`](Self::cause).
 ///
-/// It is one pointer wide, and `None` inside when nothing is pending and no
-/// bounds are set: handing it to an exit costs no allocation and no atomic
-/// operation then.
+/// It is one pointer wide. When nothing is pending and no close bounds are
+/// set it holds nothing, and handing it to an exit costs no allocation and
+/// no atomic operation; otherwise every exit told the same shares one.
 #[derive(Clone, Default)]
 pub struct Pending(pub(crate) Option<Arc<Told>>);
 

@@ -124,3 +124,43 @@ async fn s27_a_group_closes_half_open_connections_in_one_drain_bound() {
     }
     assert_eq!(closed_in(&mut stack).await, DRAIN_TIMEOUT);
 }
+
+/// Each exit is told its own bounds, else its stack's, beside the error
+/// pending when it runs, whatever the exits before it were told.
+#[tokio::test]
+async fn s27_each_exit_is_told_its_own_bounds_or_its_stacks_beside_the_pending_error() {
+    use std::sync::{Arc, Mutex};
+    use tokio_exit_stack::{Flow, Pending};
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = |name: &'static str| {
+        let seen = seen.clone();
+        move |pending: &Pending| {
+            let bound = pending.linger().drain_timeout.as_millis();
+            let error = pending.error().map(|e| e.to_string());
+            seen.lock().unwrap().push(format!("{name}: {bound} ms, {error:?}"));
+            Ok::<_, std::io::Error>(Flow::Propagate)
+        }
+    };
+    let mut stack = AsyncExitStack::new();
+    stack.set_linger(lingers(100));
+    stack.push_exit(record("a"));
+    stack.entry().linger(lingers(10)).push_exit(record("b"));
+    stack.callback(|| Err::<(), _>(std::io::Error::other("second")));
+    stack.push_exit(record("c"));
+    stack.entry().linger(lingers(20)).push_exit(record("d"));
+    stack.push_exit(record("e"));
+    stack.callback(|| Err::<(), _>(std::io::Error::other("first")));
+    let err = stack.aclose().await.unwrap_err();
+    assert_eq!(err.len(), 2);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "e: 100 ms, Some(\"first\")",
+            "d: 20 ms, Some(\"first\")",
+            "c: 100 ms, Some(\"first\")",
+            "b: 10 ms, Some(\"second\")",
+            "a: 100 ms, Some(\"second\")",
+        ]
+    );
+}

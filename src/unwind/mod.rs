@@ -232,18 +232,10 @@ impl Unwind {
     fn pending_shared(&mut self, own: Option<&Arc<Linger>>) -> Pending {
         let linger = own.or(self.linger.as_ref());
         let chain = self.chain.shared();
-        let same = |a: Option<&Arc<Linger>>, b: Option<&Arc<Linger>>| match (a, b) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
-        if let Some(told) = &self.told {
-            let same_chain = match (told.chain.as_ref(), chain) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            if same_chain && same(told.linger.as_ref(), linger) {
+        // The kept `Told` holds its chain and bounds alive, so equal
+        // addresses mean the same ones.
+        if let Some(told) = self.told.as_ref() {
+            if same(told.chain.as_ref(), chain) && same(told.linger.as_ref(), linger) {
                 return Pending(Some(told.clone()));
             }
         }
@@ -416,6 +408,15 @@ impl Unwind {
             orphaned: self.orphaned,
             rehomed: self.rehomed,
         }
+    }
+}
+
+/// Whether `a` and `b` are both absent or the same allocation.
+fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 
