@@ -256,12 +256,13 @@ impl Registry {
         NonZeroU64::new(id).unwrap_or(NonZeroU64::MIN)
     }
 
-    /// Registers the entry `make` builds. The entry is built only once
-    /// its slot is ready (see `Slots::push_with`), from the parts the
-    /// closure holds.
+    /// Registers the exit `exit` makes, with `options`. The entry is
+    /// built only once its slot is ready (see `Slots::push_with`), from
+    /// the parts the closure holds.
     #[inline(always)]
-    fn push(&self, make: impl FnOnce() -> Entry) {
-        self.entries.push_with(make, spare::take);
+    fn push(&self, exit: impl FnOnce() -> Exit, options: Option<Box<Options>>) {
+        self.entries
+            .push_with(move || Entry { exit: exit(), options }, spare::take);
     }
 
     /// Moves `value` into its own allocation, registers it as the newest
@@ -272,10 +273,7 @@ impl Registry {
         // freed only under `&mut self`, by value, or by dropping the
         // registry (module docs).
         let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn ErasedExit) };
-        self.push(move || Entry {
-            exit: Exit::Async(owner),
-            options,
-        });
+        self.push(move || Exit::Async(owner), options);
         borrow
     }
 
@@ -284,10 +282,7 @@ impl Registry {
     pub(crate) fn register_sync<T: SyncExit + 'static>(&self, value: T, options: Option<Box<Options>>) -> &mut T {
         // SAFETY: as in `register_async`.
         let (owner, borrow) = unsafe { owned::alloc(value, |p| p as *mut dyn SyncExit) };
-        self.push(move || Entry {
-            exit: Exit::Sync(owner),
-            options,
-        });
+        self.push(move || Exit::Sync(owner), options);
         borrow
     }
 
@@ -298,10 +293,7 @@ impl Registry {
         };
         // SAFETY: as in `register_async`.
         let (owner, borrow) = unsafe { owned::alloc(group, |p| p) };
-        self.push(move || Entry {
-            exit: Exit::Group(owner),
-            options,
-        });
+        self.push(move || Exit::Group(owner), options);
         borrow
     }
 }
