@@ -31,6 +31,8 @@
 //!   an ERROR event with the true reason. The same happens when there is no
 //!   runtime at all.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::mem;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,6 +168,12 @@ async fn run(mut unwind: Unwind) {
 /// background; a background task its runtime dropped gets one more chance
 /// on the runtime current here, or is lost, and reported.
 pub(crate) fn orphaned(mut rest: Unwind) {
+    if losing() {
+        // A nested stack's unwind, dropped as the unwind that was running
+        // it is lost: part of that one loss, reported with it.
+        lose(&mut rest, Lost::ShutDown);
+        return;
+    }
     match rest.mode {
         Mode::Foreground => {
             // `aclose()` or a scope was cancelled: finish in the
@@ -252,7 +260,15 @@ fn lose(unwind: &mut Unwind, why: Lost) {
 }
 
 fn lose_here(unwind: &mut Unwind, why: Lost) {
-    let not_run = unwind.best_effort();
+    // What nested stacks lose while this unwind is dropped is part of this
+    // loss: collected here, reported in this one event, counted once.
+    let outer = LOSING.with(|l| l.replace(Some(Vec::new())));
+    let mut not_run = unwind.best_effort();
+    let nested = LOSING.with(|l| l.replace(outer)).unwrap_or_default();
+    not_run.extend(nested);
+    if within_loss(&mut not_run) {
+        return; // an outer unwind being lost reports and counts it
+    }
     let counted = unwind.tracker.is_none();
     if not_run.is_empty() {
         if counted {
@@ -272,6 +288,37 @@ fn lose_here(unwind: &mut Unwind, why: Lost) {
     }
 }
 
+thread_local! {
+    /// While an unwind is being lost on this thread: what the nested
+    /// stacks it drops could not run, for its one report.
+    static LOSING: RefCell<Option<Vec<Cow<'static, str>>>> = const { RefCell::new(None) };
+}
+
+/// Whether an unwind is being lost on this thread right now.
+fn losing() -> bool {
+    LOSING.with(|l| l.borrow().is_some())
+}
+
+/// Hands `not_run` to the unwind being lost on this thread, if one is;
+/// `true` if it took them (and reports them as part of its own loss).
+fn within_loss(not_run: &mut Vec<Cow<'static, str>>) -> bool {
+    LOSING.with(|l| match l.borrow_mut().as_mut() {
+        Some(outer) => {
+            outer.append(not_run);
+            true
+        }
+        None => false,
+    })
+}
+
+/// Synchronous best effort for a nested stack whose outer stack has no
+/// runtime left (its `abandon`): what it could not run is part of the
+/// outer stack's loss, named in its report.
+pub(crate) fn abandon_nested(unwind: &mut Unwind) {
+    let mut not_run = unwind.best_effort();
+    within_loss(&mut not_run);
+}
+
 /// How the background cleanups fared during one [`drain`] call.
 ///
 /// Counts the background cleanups (one per stack dropped without `aclose`,
@@ -288,7 +335,9 @@ pub struct DrainReport {
     pub failed: u64,
     /// Could not run to their end (no runtime, the runtime shut down, the
     /// task panicked) and were dropped with synchronous best effort, each
-    /// reported as an ERROR event.
+    /// reported as one ERROR event. A stack lost while it ran a nested
+    /// stack's cleanup is one loss: its event names what the nested stack
+    /// had not run too.
     pub lost: u64,
     /// Still running when the deadline passed.
     pub cut_off: usize,

@@ -71,6 +71,9 @@ pub(crate) struct Chain {
     /// What exits are handed: a copy of `links`, made once per change of
     /// the chain and shared by every exit told the same errors.
     told: Option<Arc<[Link]>>,
+    /// Whether any error was ever pending in this scope, even if an exit
+    /// suppressed it since: what [`Pending::saw_error`](crate::Pending::saw_error) reports.
+    seen: bool,
 }
 
 impl Chain {
@@ -81,6 +84,12 @@ impl Chain {
 
     pub(crate) fn len(&self) -> usize {
         self.links.len()
+    }
+
+    /// Whether any error was ever pending, suppressed ones included.
+    #[inline]
+    pub(crate) fn seen(&self) -> bool {
+        self.seen
     }
 
     /// The pending errors as exits see them, shared. Costs nothing when
@@ -95,9 +104,11 @@ impl Chain {
     }
 
     /// The chain an exit was told, for a nested stack's unwind: the same
-    /// links (so the outer chain recognises them when they come back).
-    pub(crate) fn told(told: Option<Arc<[Link]>>) -> Self {
+    /// links (so the outer chain recognises them when they come back), and
+    /// whether the outer scope saw an error (`seen`).
+    pub(crate) fn told(told: Option<Arc<[Link]>>, seen: bool) -> Self {
         Self {
+            seen: seen || told.is_some(),
             links: told.as_deref().map(<[Link]>::to_vec).unwrap_or_default(),
             told,
         }
@@ -115,6 +126,7 @@ impl Chain {
     /// Adds links, oldest first, each already one error.
     pub(crate) fn extend(&mut self, new: Vec<Link>) {
         self.told = None;
+        self.seen = true;
         self.links
             .retain(|pending| !new.iter().any(|n| Arc::ptr_eq(n, pending) || holds(&***n, &***pending)));
         self.links.extend(new);
@@ -124,10 +136,12 @@ impl Chain {
     /// abandonment): it holds no pending error.
     pub(crate) fn push(&mut self, error: BoxError) {
         self.told = None;
+        self.seen = true;
         self.links.push(Arc::new(error));
     }
 
-    /// An exit suppressed the pending error: nothing is pending any more.
+    /// An exit suppressed the pending error: nothing is pending any more
+    /// (but the chain remembers that an error was [`seen`](Self::seen)).
     pub(crate) fn clear(&mut self) {
         self.told = None;
         self.links.clear();
@@ -307,6 +321,30 @@ impl Error {
     /// `true` if any link is an `E`.
     pub fn is<E: StdError + 'static>(&self) -> bool {
         self.downcast_ref::<E>().is_some()
+    }
+
+    /// `true` when some cleanup was cut off by a timeout after it had
+    /// started (a [`TimeoutError`] link): what it did is unknown. A
+    /// transaction's commit may have been applied though the scope failed;
+    /// check before retrying.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use tokio_exit_stack::AsyncExitStack;
+    ///
+    /// let mut stack = AsyncExitStack::new();
+    /// stack
+    ///     .entry()
+    ///     .timeout(Duration::from_millis(200))
+    ///     .push_async_callback(|| tokio::time::sleep(Duration::from_secs(1))); // a slow COMMIT, say
+    /// let err = stack.aclose().await.unwrap_err();
+    /// assert!(err.outcome_unknown(), "{err}");
+    /// # }
+    /// ```
+    pub fn outcome_unknown(&self) -> bool {
+        self.is::<TimeoutError>()
     }
 
     /// The one error, owned, when the chain has exactly one link and no
@@ -548,9 +586,23 @@ pub struct Abandoned {
     pub site: &'static Location<'static>,
 }
 
-/// An exit that did not finish in time and was abandoned.
+/// An exit that did not finish within its timeout (the entry's own, its
+/// group's, or the unwind's) and was cut off: **its outcome is unknown.**
+///
+/// The stack polls every exit before it looks at the exit's timer, so an
+/// exit cut off by a timeout had always started, and may have done what
+/// it exists to do before it was cut: a transaction's `COMMIT` may have
+/// reached the database and been applied, a TLS `close_notify` may have
+/// been written, a file's buffer partly flushed. Do not treat this error
+/// as "it did not happen" and retry blindly: a retried insert may insert
+/// twice. Check the effect first (an idempotency key, a read-back), or
+/// leave such an exit without a timeout shorter than the work it bounds.
+/// [`Error::outcome_unknown`] tells a caller whether any link is one.
+///
+/// The exit's future (and the resource it owned) is dropped when it is
+/// cut off.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("cleanup of {resource} timed out after {after:?} and was abandoned")]
+#[error("cleanup of {resource} timed out after {after:?} and was cut off: its outcome is unknown")]
 pub struct TimeoutError {
     /// The resource whose exit timed out.
     pub resource: Cow<'static, str>,

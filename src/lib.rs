@@ -94,11 +94,11 @@
 //! | `Arc<Semaphore>` (enters as `OwnedSemaphorePermit`) | `sync` | release, inline, no task | same | release |
 //! | `Arc<Mutex<T>>` (enters as `OwnedMutexGuard`), owned rwlock guards | `sync` | unlock, inline, no task | same | unlock |
 //! | `process::Child` | `process` | wait for it to exit | kill, then reap: no zombie | kill; reap if it already exited |
-//! | `JoinHandle<T>` (enters as a [`Task`]) | `rt` | await it, unless the caller did; a panicked task is a [`TaskError`](crate::error::TaskError) | abort, then await (reap) | abort |
-//! | `JoinSet<T>` | `rt` | await every task; each failed one is a [`TaskError`](crate::error::TaskError) | abort all, await all | abort all |
+//! | `JoinHandle<T>` (enters as a [`Task`]) | `rt` | await it, unless the caller did; a panicked task is a [`TaskError`](crate::error::TaskError), an aborted one a finished entry | abort, then await (reap) | abort |
+//! | `JoinSet<T>` | `rt` | await every task; each panicked one is a [`TaskError`](crate::error::TaskError), aborted ones are not failures | abort all, await all | abort all |
 //! | tokio-rustls `client::TlsStream<S>`, `server::TlsStream<S>`, `TlsStream<S>`, over any `S` with an exit (`TcpStream`, `UnixStream`, ...) | `rustls` | send `close_notify` (within the entry's [`Linger`](crate::linger::Linger) flush bound), then the transport's own exit (shut down, bounded drain): the peer reads a clean TLS closure | same | over a TCP or Unix socket, write `close_notify` straight to the socket without waiting; then the transport's own |
 //! | sqlx `Transaction<'static, DB>` (entered by `sqlx::begin(&pool)`, or as itself) | `sqlx` | commit; a failed commit is the scope's error, a `sqlx::TransactionError` | roll back, finished before the unwind goes on | dropped without sqlx's panic outside a runtime: the connection closes, the database rolls back |
-//! | deadpool `managed::Object<M>` whose `M::Type` has an exit; `deadpool::DetachOnError` for any other | `deadpool` | returned to the pool | detached (`Object::take`), then closed through the connection's own exit | detached, then the connection's own |
+//! | deadpool `managed::Object<M>` whose `M::Type` has an exit; `deadpool::DetachOnError` for any other | `deadpool` | returned to the pool, unless an error was raised in the scope and suppressed since ([`Pending::saw_error`]): then detached as on failure | detached (`Object::take`), then closed through the connection's own exit | detached, then the connection's own |
 //!
 //! The stream exits bound their flush and drain with timers ([`Linger`](crate::linger::Linger),
 //! settable per entry or per stack), as do entry timeouts and [`drain`]:

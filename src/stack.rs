@@ -524,7 +524,7 @@ impl AsyncExit for AsyncExitStack {
         if self.linger.is_none() {
             self.linger = pending.linger_set().cloned();
         }
-        let told = Chain::told(pending.chain().cloned());
+        let told = Chain::told(pending.chain().cloned(), pending.saw_error());
         let was_pending = pending.is_err();
         match self.unwind(move || told, Reason::Nested).await {
             Ok(Some(_suppressor)) if was_pending => Ok(Flow::Suppress),
@@ -560,7 +560,7 @@ impl AsyncExit for AsyncExitStack {
         };
         let mut unwind = Unwind::new(entries, Chain::default(), Reason::Drop, Mode::Background, origin);
         unwind.abandon(AbandonCause::Dropped);
-        let _reported_by_the_outer_stack = unwind.best_effort();
+        background::abandon_nested(&mut unwind);
     }
 }
 

@@ -73,6 +73,9 @@ pub(crate) struct Told {
     pub(crate) chain: Option<Arc<[Link]>>,
     /// The close bounds set for this entry or its stack, if any.
     pub(crate) linger: Option<Arc<Linger>>,
+    /// Whether an error was raised in this scope before this exit ran,
+    /// pending or suppressed since; always `true` when `chain` is set.
+    pub(crate) saw_error: bool,
 }
 
 impl Pending {
@@ -84,15 +87,22 @@ impl Pending {
     /// A pending error, as an exit of a hand-driven unwind (or a test of an
     /// [`AsyncExit`] implementation) would see it.
     pub fn new(error: impl Into<BoxError>) -> Self {
-        Self::told(Some(Arc::new([Arc::new(error.into())])), None)
+        Self::told(Some(Arc::new([Arc::new(error.into())])), None, true)
     }
 
-    /// The pending errors `chain` with the bounds `linger`.
-    pub(crate) fn told(chain: Option<Arc<[Link]>>, linger: Option<Arc<Linger>>) -> Self {
-        if chain.is_none() && linger.is_none() {
+    /// The pending errors `chain` with the bounds `linger`; `saw_error`
+    /// when an error was raised in the scope (suppressed since, if `chain`
+    /// is `None`).
+    pub(crate) fn told(chain: Option<Arc<[Link]>>, linger: Option<Arc<Linger>>, saw_error: bool) -> Self {
+        let saw_error = saw_error || chain.is_some();
+        if !saw_error && linger.is_none() {
             return Self(None);
         }
-        Self(Some(Arc::new(Told { chain, linger })))
+        Self(Some(Arc::new(Told {
+            chain,
+            linger,
+            saw_error,
+        })))
     }
 
     /// The pending errors, oldest first; `None` when nothing is pending.
@@ -185,7 +195,7 @@ impl Pending {
 
     /// This `Pending` with the bounds `linger`.
     pub(crate) fn with_linger_set(self, linger: Arc<Linger>) -> Self {
-        Self::told(self.chain().cloned(), Some(linger))
+        Self::told(self.chain().cloned(), Some(linger), self.saw_error())
     }
 
     /// `true` when no error is pending (commit).
@@ -196,6 +206,42 @@ impl Pending {
     /// `true` when an error is pending (roll back).
     pub fn is_err(&self) -> bool {
         self.chain().is_some()
+    }
+
+    /// `true` when an error was raised in this scope before this exit
+    /// runs, whether it is still pending ([`is_err`](Self::is_err)) or a
+    /// newer exit suppressed it since; `false` only when the body and every
+    /// newer exit succeeded.
+    ///
+    /// Python's rule, which [`is_ok`](Self::is_ok) follows, is that a
+    /// suppressed error is handled: the scope succeeded, and a transaction
+    /// commits. That is the wrong rule for deciding whether a *connection*
+    /// may be reused: the request that used it failed part way, and the
+    /// connection may hold that request's session state, half a reply, or
+    /// an open transaction. The pooled-connection exits of this crate
+    /// decide reuse on this method instead (see the `deadpool` feature).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tokio_exit_stack::{scope_suppressible, Flow};
+    ///
+    /// let value = scope_suppressible(async |stack| {
+    ///     stack.push_exit(|pending| {
+    ///         // older than the suppressor: the scope succeeded, but it failed on the way
+    ///         assert!(pending.is_ok() && pending.saw_error());
+    ///         Ok::<_, std::io::Error>(Flow::Propagate)
+    ///     });
+    ///     stack.push_exit(|_| Ok::<_, std::io::Error>(Flow::Suppress)); // handles the error
+    ///     Err(std::io::Error::other("out of stock"))?;
+    ///     Ok(())
+    /// })
+    /// .await;
+    /// assert!(matches!(value, Ok(None)));
+    /// # }
+    /// ```
+    pub fn saw_error(&self) -> bool {
+        self.0.as_ref().is_some_and(|told| told.saw_error)
     }
 
     /// `true` when the pending error says the scope was abandoned: the stack

@@ -164,6 +164,47 @@ mod tcp {
         }
     }
 
+    /// A request that wrote half an exchange and failed, its error then
+    /// suppressed by a newer exit: the scope succeeded, but its connection
+    /// saw the error, so it is detached and closed, never handed to the
+    /// next request (which gets a new connection, and its own reply); a
+    /// request that saw no error gives its connection back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_whose_request_saw_a_suppressed_error_is_not_reused() {
+        let (addr, endings) = backend().await;
+        let pool = Pool::<Backend>::builder(Backend(addr)).max_size(1).build().unwrap();
+        let mut ports = Vec::new();
+        for (i, fails) in [(0, false), (1, true), (2, false)] {
+            let port = Arc::new(Mutex::new(0));
+            let seen = port.clone();
+            let value = tokio_exit_stack::scope_suppressible(async |stack| {
+                let conn = stack.enter_async_context(acquire(pool.get())).await?;
+                *seen.lock().unwrap() = conn.local_addr()?.port();
+                stack.push_exit(|_| Ok::<_, std::io::Error>(tokio_exit_stack::Flow::Suppress));
+                if fails {
+                    conn.write_all(format!("request {i}\n").as_bytes()).await?;
+                    Err(std::io::Error::other("out of stock"))?;
+                }
+                assert_eq!(
+                    exchange(conn, &format!("request {i}")).await?,
+                    format!("ok request {i}")
+                );
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(value.is_none(), fails);
+            ports.push(*port.lock().unwrap());
+        }
+        assert_ne!(ports[1], ports[2], "the failed request's connection was not reused");
+        common::eventually("the backend sees the discarded connection end", || {
+            endings.get().contains_key(&ports[1])
+        })
+        .await;
+        assert_eq!(endings.get()[&ports[1]], "eof", "closed cleanly");
+        assert_eq!(ports[0], ports[1], "a clean request gives its connection back");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_connections_of_succeeded_scopes_return_to_the_pool_multi_thread() {
         only_connections_of_succeeded_scopes_return(500).await;

@@ -357,3 +357,121 @@ fn a_transaction_abandoned_with_no_runtime_is_rolled_back() {
         assert_eq!(rows, 0);
     });
 }
+
+/// A task its owner aborted is a finished entry: the scope's result is
+/// the body's, and the older transaction commits (what PostgreSQL shows
+/// in tests/postgres.rs, here on a SQLite file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_task_beside_a_transaction_leaves_the_scope_a_success_and_commits() {
+    let db = Database::new().await;
+    let pool = db.pool(2).await;
+    scope(async |stack| {
+        let tx = stack.enter_async_context(begin(&pool)).await?;
+        sqlx::query("INSERT INTO orders (scope, line) VALUES (1, 1)")
+            .execute(&mut **tx)
+            .await?;
+        let task = stack
+            .enter_async_context(tokio::spawn(tokio::time::sleep(Duration::from_secs(3600))))
+            .await?;
+        task.abort();
+        Ok(())
+    })
+    .await
+    .expect("an aborted task does not fail the scope");
+    assert_eq!(orders(&pool).await, BTreeSet::from([(1, 1)]));
+}
+
+/// Python's rule, kept on purpose: a newer exit that suppresses the body's
+/// error makes the older transaction commit what the body wrote before
+/// its error; the suppressing exit registered before the transaction
+/// gives a rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_exit_that_suppresses_the_error_makes_the_older_transaction_commit_on_sqlite() {
+    let db = Database::new().await;
+    let pool = db.pool(2).await;
+    for (line, suppress_first) in [(1, false), (2, true)] {
+        let value = tokio_exit_stack::scope_suppressible(async |stack| {
+            if suppress_first {
+                stack.push_exit(|_| Ok::<_, std::io::Error>(tokio_exit_stack::Flow::Suppress));
+            }
+            let tx = stack.enter_async_context(begin(&pool)).await?;
+            sqlx::query("INSERT INTO orders (scope, line) VALUES (1, ?)")
+                .bind(line)
+                .execute(&mut **tx)
+                .await?;
+            if !suppress_first {
+                stack.push_exit(|_| Ok::<_, std::io::Error>(tokio_exit_stack::Flow::Suppress));
+            }
+            Err(std::io::Error::other("out of stock"))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(value.is_none());
+    }
+    assert_eq!(
+        orders(&pool).await,
+        BTreeSet::from([(1, 1)]),
+        "suppressed by a newer exit: committed; by an older one: rolled back"
+    );
+}
+
+/// A COMMIT held up by another connection's read lock (a rollback-journal
+/// database: the commit must wait for readers) past the entry's 200 ms
+/// timeout: the scope fails with a `TimeoutError` that says its outcome
+/// is unknown, and once the reader lets go the row is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cut_off_by_its_timeout_on_sqlite_is_of_unknown_outcome_and_did_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("journal.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Delete)
+        .busy_timeout(Duration::from_secs(30));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut reader = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    let _: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_all(&mut reader)
+        .await
+        .unwrap(); // holds a shared lock until it ends
+    let err = scope(async |stack| {
+        let tx = stack
+            .entry()
+            .timeout(Duration::from_millis(200))
+            .enter_async_context(begin(&pool))
+            .await?;
+        sqlx::query("INSERT INTO orders (id) VALUES (7)")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    })
+    .await
+    .unwrap_err();
+    assert!(err.outcome_unknown(), "{err}");
+    assert!(err.to_string().contains("outcome is unknown"), "{err}");
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap(); // lets the COMMIT through
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders")
+            .fetch_all(&mut reader)
+            .await
+            .unwrap();
+        if ids == [7] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut-off COMMIT was applied: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -200,7 +200,7 @@ fn message(name: &str, paused: bool) -> String {
     match name.split_at(1) {
         ("p", i) => format!("cleanup of e{i} panicked: model panic"),
         ("t", i) => format!(
-            "cleanup of e{i} timed out after {:?} and was abandoned",
+            "cleanup of e{i} timed out after {:?} and was cut off: its outcome is unknown",
             hang_timeout(paused)
         ),
         _ => name.to_owned(),

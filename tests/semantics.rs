@@ -542,3 +542,56 @@ async fn s17_a_long_error_chain_is_built_and_dropped_without_overflow() {
     assert_eq!(err.len(), 10_000);
     assert_eq!(err.newest().to_string(), "entry 0");
 }
+
+both_flavours! {
+    /// An exit older than the one that suppressed the body's error is told
+    /// the scope succeeded (`is_ok`) and that an error was raised in it
+    /// (`saw_error`), in a nested stack too, with close bounds set or not;
+    /// an exit of a scope that saw no error is told neither.
+    async fn exits_older_than_a_suppressor_are_told_an_error_was_seen() {
+        let log = Log::default();
+        for (fails, bounds) in [(true, false), (true, true), (false, false), (false, true)] {
+            let (outer_log, inner_log) = (log.clone(), log.clone());
+            let value = scope_suppressible(async |stack| {
+                if bounds {
+                    stack.entry().linger(tokio_exit_stack::linger::Linger::DEFAULT).push_exit(move |p: &Pending| {
+                        outer_log.push(format!("outer ok={} saw={}", p.is_ok(), p.saw_error()));
+                        Ok::<_, io::Error>(Flow::Propagate)
+                    });
+                } else {
+                    stack.push_exit(move |p: &Pending| {
+                        outer_log.push(format!("outer ok={} saw={}", p.is_ok(), p.saw_error()));
+                        Ok::<_, io::Error>(Flow::Propagate)
+                    });
+                }
+                let inner = AsyncExitStack::new();
+                inner.push_exit(move |p: &Pending| {
+                    inner_log.push(format!("inner ok={} saw={}", p.is_ok(), p.saw_error()));
+                    Ok::<_, io::Error>(Flow::Propagate)
+                });
+                stack.push_resource(inner);
+                stack.push_exit(|_| Ok::<_, io::Error>(Flow::Suppress));
+                if fails {
+                    Err(io::Error::other("out of stock"))?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(value.is_none(), fails);
+        }
+        assert_eq!(
+            log.take(),
+            [
+                "inner ok=true saw=true",
+                "outer ok=true saw=true",
+                "inner ok=true saw=true",
+                "outer ok=true saw=true",
+                "inner ok=true saw=false",
+                "outer ok=true saw=false",
+                "inner ok=true saw=false",
+                "outer ok=true saw=false",
+            ]
+        );
+    }
+}

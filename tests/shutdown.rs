@@ -323,3 +323,70 @@ fn s23_a_drain_deadline_reports_the_cleanups_it_cut_off() {
         );
     });
 }
+
+/// A stack lost to a runtime's shutdown while its background cleanup was
+/// running a nested stack's cleanup is one lost stack: one ERROR event,
+/// naming the nested stack and what it had not run, and one `lost` count.
+#[test]
+fn a_stack_lost_to_shutdown_inside_a_nested_stack_is_one_error_and_one_loss() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for multi in [false, true] {
+        reset();
+        let capture = Capture::default();
+        let _guard = capture.install();
+        let doomed = runtime(multi);
+        doomed.block_on(async {
+            let outer = common::cancellable();
+            let inner = tokio_exit_stack::AsyncExitStack::new();
+            inner
+                .entry()
+                .label("slow inner cleanup")
+                .push_async_callback(|| tokio::time::sleep(Duration::from_secs(3600)));
+            outer.push_resource(inner);
+            outer.entry().label("outer cleanup").push_async_callback(|| async {});
+            drop(outer);
+            // Let the background cleanup reach the inner stack's exit.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        let (waiting, started) = std::sync::mpsc::channel();
+        let watcher = std::thread::spawn(move || {
+            runtime(false).block_on(async move {
+                let mut report = std::pin::pin!(drain(Duration::from_secs(60)));
+                std::future::poll_fn(|cx| {
+                    assert!(report.as_mut().poll(cx).is_pending());
+                    std::task::Poll::Ready(())
+                })
+                .await;
+                waiting.send(()).unwrap();
+                report.await
+            })
+        });
+        started.recv().unwrap();
+        drop(doomed);
+        let report = watcher.join().unwrap();
+        assert_eq!(
+            report,
+            DrainReport {
+                finished: 0,
+                failed: 0,
+                lost: 1,
+                cut_off: 0
+            },
+            "multi_thread={multi}"
+        );
+        if multi {
+            // The workers drop the task as they shut down, and the capture
+            // sees only this thread's events: the count above is the check.
+            continue;
+        }
+        let errors: Vec<_> = capture
+            .events()
+            .into_iter()
+            .filter(|e| e.level == tracing::Level::ERROR)
+            .collect();
+        assert_eq!(errors.len(), 1, "one ERROR event for one lost stack: {errors:#?}");
+        let not_run = errors[0].field("not_run").unwrap();
+        assert!(not_run.contains("AsyncExitStack"), "{not_run}");
+        assert!(not_run.contains("slow inner cleanup"), "{not_run}");
+    }
+}

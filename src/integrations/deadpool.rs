@@ -14,15 +14,19 @@ use crate::traits::{AsyncExit, Flow, Pending};
 /// A pooled object whose connection has an exit of its own (a `TcpStream`,
 /// a TLS stream, a type of yours implementing [`AsyncExit`]):
 ///
-/// * **the scope succeeded**: the object returns to the pool (dropped, as
-///   deadpool does; the pool's `recycle` runs on its next checkout). No
-///   task, no wait.
-/// * **the scope failed or was abandoned**: the object is detached from
-///   the pool (`Object::take`; the pool's slot is free at once, and the
-///   pool opens a new connection when one is next needed), then closed
-///   through the connection's own exit with the same [`Pending`]: a
-///   connection that saw an error, or half a reply, is never handed to
-///   another request, and its peer still sees a clean close.
+/// * **the scope succeeded, and saw no error on the way**: the object
+///   returns to the pool (dropped, as deadpool does; the pool's `recycle`
+///   runs on its next checkout). No task, no wait.
+/// * **an error was raised in the scope** (the scope failed, was
+///   abandoned, or failed and had its error suppressed by a newer exit:
+///   [`Pending::saw_error`]): the object is detached from the pool
+///   (`Object::take`; the pool's slot is free at once, and the pool opens
+///   a new connection when one is next needed), then closed through the
+///   connection's own exit with the same [`Pending`]: a connection whose
+///   request saw an error (half a reply, session state, an open
+///   transaction) is never handed to another request, and its peer still
+///   sees a clean close. A newer exit that suppresses the error makes the
+///   scope a success for a transaction, not for this connection.
 /// * **no runtime left**: detached, then the connection's own best effort
 ///   ([`AsyncExit::abandon`]).
 ///
@@ -75,7 +79,7 @@ where
     M::Type: AsyncExit,
 {
     async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
-        if pending.is_ok() {
+        if !pending.saw_error() {
             drop(self); // back to the pool
             return Ok(Flow::Propagate);
         }
@@ -94,9 +98,12 @@ where
 }
 
 /// A pooled object whose connection type has no exit of its own: returned
-/// to the pool when the scope succeeded, detached from it and dropped when
-/// the scope failed or was abandoned (or with no runtime left), so a
-/// connection that saw an error is never reused.
+/// to the pool when the scope succeeded and saw no error, detached from it
+/// and dropped when an error was raised in the scope (the scope failed,
+/// was abandoned, or a newer exit suppressed its error:
+/// [`Pending::saw_error`]) or with no runtime left, so a connection whose
+/// request saw an error is never reused: the next checkout never gets its
+/// session state or an open transaction.
 ///
 /// It derefs to the [`Object`], which derefs to the connection. Wrapping
 /// costs nothing; the exit needs no runtime, so a stack dropped holding
@@ -160,7 +167,7 @@ where
     M: Manager + 'static,
 {
     async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
-        if pending.is_err() {
+        if pending.saw_error() {
             drop(Object::take(self.0));
         }
         Ok(Flow::Propagate)

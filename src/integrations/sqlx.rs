@@ -43,6 +43,27 @@ pub struct TransactionError {
 ///   before the unwind moves to the next entry (and so before `scope`
 ///   returns). sqlx alone would roll a dropped transaction back lazily, on
 ///   the connection's next use.
+/// * **the body failed, and a newer exit suppressed its error**: Python's
+///   rule, kept on purpose: a suppressed error is handled, the scope
+///   succeeded for every older entry, and the transaction **commits** what
+///   the body wrote before its error. To roll back instead, register the
+///   suppressing exit *before* the transaction (it then runs after the
+///   rollback), or roll back in the body. (A pooled connection is the
+///   other way round: the `deadpool` exits detach a connection whose
+///   request saw an error even if it was suppressed;
+///   [`Pending::saw_error`](crate::Pending::saw_error).)
+/// * **cut off by the entry's timeout** (`stack.entry().timeout(..)`, or the
+///   stack's unwind timeout): decided: the timeout may cut a commit or a
+///   rollback, since a database that hangs must not hold the unwind
+///   forever. A cut is reported as a
+///   [`TimeoutError`](crate::error::TimeoutError), whose outcome is
+///   unknown ([`Error::outcome_unknown`](crate::Error::outcome_unknown)):
+///   the `COMMIT` may have reached the database and been applied (the
+///   connection, dropped mid-commit, still reads its reply before it is
+///   used again). Do not retry such a scope blindly: check for the write
+///   first (an idempotency key), or give a transaction no entry timeout and
+///   bound it on the server (`statement_timeout`), which fails the commit
+///   definitely (a [`TransactionError`]).
 /// * **no runtime left** (the stack dropped outside any runtime): the
 ///   transaction is dropped, and sqlx queues its rollback on the
 ///   connection. sqlx needs a runtime to return a connection to its pool

@@ -121,10 +121,19 @@ impl<T> From<Vec<T>> for Slots<T> {
 
 impl<T> Slots<T> {
     /// How many values were pushed. Exact when no push is running on
-    /// another thread; while one is, it may count that push already.
+    /// another thread; while one is, it may count that push already, or
+    /// count a value moving from the overflow to the vector twice; never
+    /// fewer than the pushes that returned on the calling thread.
+    ///
+    /// The overflow count is read first, with acquire: a merge that moved
+    /// values out of the overflow publishes the vector's new length before
+    /// it uncounts them (release), so a read that sees them uncounted sees
+    /// them in the vector. Read the other way round, a merge falling
+    /// between the two reads hid the values it moved from both.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.in_values.load(Ordering::Relaxed) + self.in_overflow.load(Ordering::Relaxed)
+        let in_overflow = self.in_overflow.load(Ordering::Acquire);
+        self.in_values.load(Ordering::Relaxed) + in_overflow
     }
 
     /// Appends `value`. A vector with no buffer yet (a new registry)
@@ -232,7 +241,8 @@ impl<T> Slots<T> {
             moved += 1;
         }
         self.in_values.store(values.len(), Ordering::Relaxed);
-        self.in_overflow.fetch_sub(moved, Ordering::Relaxed);
+        // Release: `len` that sees these uncounted sees the store above.
+        self.in_overflow.fetch_sub(moved, Ordering::Release);
     }
 
     /// Runs `f` on the vector, under `&mut self`, after moving any
@@ -413,6 +423,26 @@ mod model {
                 let own: Vec<usize> = values.iter().filter(|(from, _)| *from == t).map(|(_, i)| *i).collect();
                 assert_eq!(own, (0..per_thread).collect::<Vec<_>>());
             }
+        });
+    }
+
+    /// One thread pushes once, then counts, while another pushes twice
+    /// (its second push merges what the first thread may have put in the
+    /// overflow): the count never misses the first thread's own value.
+    #[test]
+    fn len_counts_the_callers_own_push_while_another_thread_merges() {
+        loom::model(|| {
+            let slots = Arc::new(Slots::default());
+            let other = {
+                let slots = Arc::clone(&slots);
+                thread::spawn(move || {
+                    slots.push(1, Vec::new);
+                    slots.push(2, Vec::new);
+                })
+            };
+            slots.push(0, Vec::new);
+            assert!(slots.len() >= 1, "len counts fewer than this thread pushed");
+            other.join().unwrap();
         });
     }
 

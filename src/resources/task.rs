@@ -24,11 +24,19 @@ use crate::traits::{AsyncEnter, AsyncExit, Flow, Pending};
 /// nobody read:
 ///
 /// * output taken by the caller: the exit has nothing left to do;
-/// * otherwise, when the unwind succeeded so far: the exit awaits the task,
-///   and a task that panicked or was cancelled is a [`TaskError`](crate::error::TaskError);
+/// * otherwise, when the unwind succeeded so far: the exit awaits the task.
+///   A task that panicked is a [`TaskError`](crate::error::TaskError). A
+///   task that was aborted ([`abort`](Self::abort), its
+///   [`abort_handle`](Self::abort_handle), `JoinHandle::abort`) ended as
+///   its owner asked: that is a finished entry, not a failure, so no error
+///   becomes pending for older entries (a DEBUG event says it was
+///   aborted);
 /// * when an error is pending (or the stack was abandoned): the exit aborts
 ///   the task and awaits it (reaps it), and a panic it had already died of
 ///   is still a [`TaskError`](crate::error::TaskError).
+///
+/// A task cut off by its entry's own timeout is aborted as the exit is
+/// dropped, and reported as the timeout ([`TimeoutError`](crate::error::TimeoutError)).
 ///
 /// On success the exit waits for the task **as long as it runs**: give the
 /// entry a timeout (`stack.entry().timeout(..)`) for a task that might not
@@ -158,6 +166,11 @@ impl<T: Send + 'static> AsyncExit for Task<T> {
         } else {
             match (&mut *self).await {
                 Ok(_) => Ok(Flow::Propagate),
+                Err(e) if e.is_cancelled() => {
+                    // Aborted by its owner: it ended as asked.
+                    tracing::debug!(resource = name, "task was aborted before the stack reached it");
+                    Ok(Flow::Propagate)
+                }
                 Err(e) => Err(failure(e)),
             }
         }
@@ -168,6 +181,12 @@ impl<T: Send + 'static> AsyncExit for Task<T> {
     }
 }
 
+/// When the scope succeeded so far, awaits every task: each task that
+/// panicked is a [`TaskError`](crate::error::TaskError) (several become
+/// one link each), and a task that was aborted (`JoinSet::abort_all`, an
+/// abort handle) ended as its owner asked and is not a failure. When an
+/// error is pending or the stack was abandoned: `shutdown` (abort all,
+/// await all). With no runtime left: `abort_all`.
 #[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
 #[async_trait::async_trait]
 impl<T: Send + 'static> AsyncExit for JoinSet<T> {
@@ -178,12 +197,23 @@ impl<T: Send + 'static> AsyncExit for JoinSet<T> {
             return Ok(Flow::Propagate);
         }
         // Every failed task is kept, in the order they finished; several
-        // become one link each in the unwind's error.
+        // become one link each in the unwind's error. An aborted task
+        // (`abort_all`, an abort handle) ended as its owner asked.
         let mut failures = Vec::new();
+        let mut aborted = 0usize;
         while let Some(result) = self.join_next().await {
-            if let Err(source) = result {
-                failures.push(Arc::new(Box::new(TaskError { resource: name, source }) as BoxError));
+            match result {
+                Err(source) if source.is_cancelled() => aborted += 1,
+                Err(source) => failures.push(Arc::new(Box::new(TaskError { resource: name, source }) as BoxError)),
+                Ok(_) => {}
             }
+        }
+        if aborted > 0 {
+            tracing::debug!(
+                resource = name,
+                aborted,
+                "tasks were aborted before the stack reached them"
+            );
         }
         match Error::from_oldest_first(failures) {
             None => Ok(Flow::Propagate),

@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex};
 #[cfg(feature = "rustls")]
 pub mod tls;
 
+#[cfg(all(unix, feature = "sqlx"))]
+pub mod postgres;
+
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
