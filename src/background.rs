@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use tracing::instrument::WithSubscriber as _;
 use tracing::{Dispatch, debug, error, warn};
 
-use crate::error::{AbandonCause, Abandoned, panic_message};
+use crate::error::{Abandoned, panic_message};
 use crate::unwind::{Mode, Reason, Unwind};
 
 /// How many default-tracked background cleanups are running.
@@ -182,9 +182,12 @@ pub(crate) fn orphaned(mut rest: Unwind) {
                 error!(site = %rest.site, panic = %panic_message(&*payload), "a cleanup panicked before the unwind was cancelled");
             }
             rest.reason = Reason::Cancel;
-            rest.abandon(AbandonCause::Cancelled);
+            // Shielded: the exits still to start are told what they would
+            // have been told had the unwind been awaited, and that no one
+            // will see its result.
+            rest.chain.detach();
             // Cancellation is normal: the owner of the timeout reports it.
-            debug!(site = %rest.site, remaining = rest.remaining(), "unwind cancelled; the remaining cleanup runs in a background task");
+            debug!(site = %rest.site, remaining = rest.remaining(), "unwind cancelled after it began; the remaining cleanup runs in a background task, told what it would have been told");
             hand_off(rest);
         }
         Mode::Background if std::thread::panicking() => lose(&mut rest, Lost::Panicked),

@@ -74,6 +74,10 @@ pub(crate) struct Chain {
     /// Whether any error was ever pending in this scope, even if an exit
     /// suppressed it since: what [`Pending::saw_error`](crate::Pending::saw_error) reports.
     seen: bool,
+    /// Whether no one will see the unwind's result (its `aclose` or scope
+    /// was dropped, or its stack was): what
+    /// [`Pending::is_detached`](crate::Pending::is_detached) reports.
+    detached: bool,
 }
 
 impl Chain {
@@ -92,6 +96,23 @@ impl Chain {
         self.seen
     }
 
+    /// Whether no one will see the unwind's result.
+    #[inline]
+    pub(crate) fn detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Nothing to tell an exit: no error pending or seen, not detached.
+    #[inline]
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.links.is_empty() && !self.seen && !self.detached
+    }
+
+    /// No one will see the unwind's result from now on.
+    pub(crate) fn detach(&mut self) {
+        self.detached = true;
+    }
+
     /// The pending errors as exits see them, shared. Costs nothing when
     /// none is pending, and one allocation per change of the chain
     /// otherwise.
@@ -104,14 +125,28 @@ impl Chain {
     }
 
     /// The chain an exit was told, for a nested stack's unwind: the same
-    /// links (so the outer chain recognises them when they come back), and
-    /// whether the outer scope saw an error (`seen`).
-    pub(crate) fn told(told: Option<Arc<[Link]>>, seen: bool) -> Self {
+    /// links (so the outer chain recognises them when they come back),
+    /// whether the outer scope saw an error, and whether it is detached.
+    pub(crate) fn told(told: Option<Arc<[Link]>>, seen: bool, detached: bool) -> Self {
         Self {
             seen: seen || told.is_some(),
+            detached,
             links: told.as_deref().map(<[Link]>::to_vec).unwrap_or_default(),
             told,
         }
+    }
+
+    /// The chain of a caller's own error (`aclose_with`, a scope's body):
+    /// [`raise`](Self::raise)d into a new chain, flattened as any error.
+    pub(crate) fn of(error: BoxError) -> Self {
+        let mut chain = Self::default();
+        chain.raise(error);
+        chain
+    }
+
+    /// The links, oldest first.
+    pub(crate) fn links(&self) -> &[Link] {
+        &self.links
     }
 
     /// Adds what an entry (or a body) raised: see the module docs.
@@ -262,6 +297,9 @@ impl Chain {
 pub struct Error {
     /// Newest first; at least one link.
     links: Vec<Link>,
+    /// Whether the error a caller handed to the unwind (`aclose_with`, a
+    /// scope's body) is still among the links.
+    given: bool,
 }
 
 impl Error {
@@ -283,7 +321,7 @@ impl Error {
             return None;
         }
         links.reverse();
-        Some(Self { links })
+        Some(Self { links, given: false })
     }
 
     /// How many links the chain has (at least one).
@@ -321,6 +359,35 @@ impl Error {
     /// `true` if any link is an `E`.
     pub fn is<E: StdError + 'static>(&self) -> bool {
         self.downcast_ref::<E>().is_some()
+    }
+
+    /// `true` when the error given to
+    /// [`aclose_with`](crate::AsyncExitStack::aclose_with) (or returned by a
+    /// [`scope`](crate::scope)'s body) is still among the links: no exit
+    /// suppressed it, and no exit replaced it with a new error holding it
+    /// as its cause. With an [`Error`] given, flattened into several
+    /// links, `true` while any of them is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tokio_exit_stack::AsyncExitStack;
+    ///
+    /// let mut stack = AsyncExitStack::new();
+    /// stack.callback(|| Err::<(), _>(std::fmt::Error)); // a cleanup that fails too
+    /// let err = stack.aclose_with(std::io::Error::other("handler failed")).await.unwrap_err();
+    /// assert!(err.contains_given());
+    /// assert_eq!(err.len(), 2);
+    /// assert_eq!(err.oldest().to_string(), "handler failed");
+    /// # }
+    /// ```
+    pub fn contains_given(&self) -> bool {
+        self.given
+    }
+
+    /// Marks whether any of `given` (a caller's links) is among the links.
+    pub(crate) fn mark_given(&mut self, given: &[Link]) {
+        self.given = self.links.iter().any(|l| given.iter().any(|g| Arc::ptr_eq(l, g)));
     }
 
     /// `true` when some cleanup was cut off by a timeout after it had
@@ -548,18 +615,27 @@ impl Suppressed {
         let by = by.unwrap_or(Cow::Borrowed("an exit"));
         Error {
             links: vec![Arc::new(Box::new(Suppressed { by }))],
+            given: false,
         }
     }
 }
 
 /// Why a stack was unwound without `aclose`.
+///
+/// An unwind that had begun (`aclose` called, a scope's body returned) is
+/// never abandoned: dropping the future that drives it leaves what the
+/// remaining exits are told as it was (see
+/// [`Pending::is_detached`](crate::Pending::is_detached)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum AbandonCause {
     /// The stack was dropped while still holding entries.
     Dropped,
     /// The stack was dropped by a panic unwinding through its owner.
     Panicking,
-    /// An `aclose()` or scope future was dropped before it finished.
+    /// The future owning the stack was dropped before its unwind began: a
+    /// scope cancelled in its body, or a stack declared
+    /// [cancellable](crate::AsyncExitStack::set_cancellable) and dropped.
     Cancelled,
 }
 
@@ -568,7 +644,7 @@ impl fmt::Display for AbandonCause {
         f.write_str(match self {
             Self::Dropped => "dropped without aclose",
             Self::Panicking => "dropped while a panic unwound through it",
-            Self::Cancelled => "its unwind was cancelled",
+            Self::Cancelled => "its owner was cancelled",
         })
     }
 }

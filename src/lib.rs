@@ -69,6 +69,7 @@
 //! | `stack.pop_all()` | [`pop_all`](AsyncExitStack::pop_all); to take resources back out, owned: [`enter_keyed`](AsyncExitStack::enter_keyed), then [`take`](AsyncExitStack::take) |
 //! | a stack entered in another | `outer.push_resource(inner)`: a stack is itself a resource |
 //! | `await stack.aclose()` | [`aclose`](AsyncExitStack::aclose)`().await` |
+//! | `await stack.__aexit__(type(e), e, tb)` | [`aclose_with`](AsyncExitStack::aclose_with)`(e).await` |
 //! | `__aexit__` returns `True` | an exit returns [`Flow::Suppress`] |
 //! | exception passed to `__aexit__` | [`Pending`] |
 //! | `__context__` chain | [`Error`]: every error, newest first, each the very object raised; [`Pending::iter`] inside an exit |
@@ -118,7 +119,11 @@
 //!   A stack of permits and guards only is released inline.
 //! * **Cancelled `aclose`**: the entries that had not finished run in the
 //!   background, each exactly once; the one in flight is resumed, not
-//!   restarted.
+//!   restarted. The unwind is shielded: the exits that had not started are
+//!   told what they would have been told had it been awaited, with
+//!   [`Pending::is_detached`] set, so a request whose body succeeded still
+//!   commits. [`aclose_with`](AsyncExitStack::aclose_with) closes a stack
+//!   with the caller's own error pending.
 //! * **Shutdown**: call [`drain`] before `main` returns to let background
 //!   cleanups finish, with a deadline; it reports how many finished, failed,
 //!   were lost or cut off. A cleanup lost to shutdown, or dropped where no
@@ -129,9 +134,10 @@
 //!   (an exit, a callback, a label, a resource's `Drop`) ends the process,
 //!   and no later entry runs.
 //! * **Cancellation** is normal life: a [`scope`] whose future is dropped
-//!   (a timeout, a lost `select!` branch) runs its cleanup in the
-//!   background, its exits told [`AbandonCause::Cancelled`](error::AbandonCause::Cancelled), with a DEBUG
-//!   event only. A stack made with `new()` and dropped holding entries is a
+//!   in its body (a timeout, a lost `select!` branch) runs its cleanup in
+//!   the background, its exits told [`AbandonCause::Cancelled`](error::AbandonCause::Cancelled), with a DEBUG
+//!   event only; dropped during its unwind, the unwind is shielded as
+//!   above. A stack made with `new()` and dropped holding entries is a
 //!   WARN (a forgotten `aclose`) unless it was declared
 //!   [`set_cancellable`](AsyncExitStack::set_cancellable).
 //! * **Timeouts**: per entry ([`EntryBuilder::timeout`]) and for a whole

@@ -50,7 +50,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Span;
 
 use crate::background;
-use crate::error::{AbandonCause, BoxError, Chain, Error, Suppressed};
+use crate::error::{AbandonCause, BoxError, Chain, Error, Link, Suppressed};
 use crate::linger::Linger;
 use crate::register::{EntryBuilder, Key, registering_methods};
 use crate::registry::Registry;
@@ -341,11 +341,19 @@ impl AsyncExitStack {
     ///
     /// # Cancel safety
     ///
-    /// Dropping this future at any point is safe and loses nothing: the
-    /// entries that had not finished still run, once each (the one in
-    /// flight resumed, not restarted), in a background task, told the
-    /// unwind was cancelled ([`AbandonCause::Cancelled`]); a DEBUG event
-    /// says so. The stack is empty afterwards either way.
+    /// Dropping this future at any point is safe and loses nothing, and the
+    /// unwind is shielded: once `aclose` is first polled, every entry runs
+    /// once (the one in flight resumed, not restarted), and the entries
+    /// that had not started yet run in a background task told exactly what
+    /// they would have been told had this future been awaited, with
+    /// [`Pending::is_detached`] set (no one will see the result); a DEBUG
+    /// event says so. So an outer `tokio::time::timeout` around `aclose`
+    /// does not bound cleanup that had not started, nor turn a success
+    /// into a rollback: bound the cleanup itself with
+    /// [`set_unwind_timeout`](Self::set_unwind_timeout) or an entry's
+    /// [`timeout`](crate::EntryBuilder::timeout), and wait for the
+    /// background remainder at shutdown with [`drain`](crate::drain). The
+    /// stack is empty afterwards either way.
     ///
     /// # Panics
     ///
@@ -353,6 +361,61 @@ impl AsyncExitStack {
     /// first panic is resumed here.
     pub async fn aclose(&mut self) -> Result<(), Error> {
         self.unwind(Chain::default, Reason::Aclose).await.map(|_| ())
+    }
+
+    /// Unwinds the stack with `error` as the pending error, as if a body
+    /// had failed with it: CPython's `await stack.__aexit__(type(e), e,
+    /// tb)`. For code that owns the outcome and holds the stack outside a
+    /// [`scope`]: a framework layer closing a request's stack with its
+    /// handler's error, a retry loop.
+    ///
+    /// Every exit is told `error` (or the newer errors raised since), and
+    /// may suppress it. Returns `Ok(())` only if every pending error,
+    /// `error` included, was suppressed; otherwise every unsuppressed
+    /// error, newest first, `error` last if it is still there
+    /// ([`Error::contains_given`] says whether it is). An empty stack
+    /// returns `Err` holding `error` as its one link, the very object
+    /// ([`Error::into_single`] gives it back). An [`Error`] given is
+    /// flattened into its links, as a scope's body's is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tokio_exit_stack::{AsyncExitStack, Flow};
+    ///
+    /// let mut stack = AsyncExitStack::new();
+    /// stack.push_exit(|pending| {
+    ///     assert_eq!(pending.error().unwrap().to_string(), "handler failed"); // roll back
+    ///     Ok::<_, std::io::Error>(Flow::Propagate)
+    /// });
+    /// let err = stack.aclose_with(std::io::Error::other("handler failed")).await.unwrap_err();
+    /// assert!(err.contains_given());
+    /// let handler_error = err.into_single().unwrap(); // the very object
+    /// assert!(handler_error.is::<std::io::Error>());
+    ///
+    /// stack.push_exit(|_| Ok::<_, std::io::Error>(Flow::Suppress));
+    /// assert!(stack.aclose_with(std::io::Error::other("handled")).await.is_ok());
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`aclose`](Self::aclose): shielded once first polled; the exits
+    /// that start after this future was dropped are told `error` as they
+    /// would have been.
+    pub async fn aclose_with(&mut self, error: impl Into<BoxError>) -> Result<(), Error> {
+        let chain = Chain::of(error.into());
+        self.unwind_given(chain, Reason::Aclose).await.map(|_| ())
+    }
+
+    /// Unwinds with the caller's `chain` pending, and marks in the error
+    /// whether the caller's links are still among its links.
+    async fn unwind_given(&mut self, chain: Chain, reason: Reason) -> Result<Option<Cow<'static, str>>, Error> {
+        let given: Vec<Link> = chain.links().to_vec();
+        self.unwind(move || chain, reason).await.map_err(|mut e| {
+            e.mark_given(&given);
+            e
+        })
     }
 
     /// What an unwind of this stack inherits: its site, its runtime
@@ -476,6 +539,7 @@ impl Drop for AsyncExitStack {
         let origin = self.origin();
         let mut unwind = Unwind::new(entries, Chain::default(), Reason::Drop, Mode::Background, origin);
         unwind.abandon(cause);
+        unwind.chain.detach();
         unwind.parent = self.span.take();
         background::hand_off(unwind);
         if cause == AbandonCause::Dropped && strict::is_on() {
@@ -524,7 +588,7 @@ impl AsyncExit for AsyncExitStack {
         if self.linger.is_none() {
             self.linger = pending.linger_set().cloned();
         }
-        let told = Chain::told(pending.chain().cloned(), pending.saw_error());
+        let told = Chain::told(pending.chain().cloned(), pending.saw_error(), pending.is_detached());
         let was_pending = pending.is_err();
         match self.unwind(move || told, Reason::Nested).await {
             Ok(Some(_suppressor)) if was_pending => Ok(Flow::Suppress),
@@ -593,9 +657,20 @@ impl AsyncExit for AsyncExitStack {
 /// # Cancel safety
 ///
 /// Dropping the returned future is how tokio cancels it, and is safe at
-/// any point: in the body or during the unwind, every entry that has not
-/// finished still runs, exactly once, in a background task, told that the
-/// scope was cancelled ([`AbandonCause::Cancelled`]).
+/// any point: every entry that has not finished still runs, exactly once,
+/// in a background task. What the entries are told depends on when:
+///
+/// * **in the body** (the body had not returned): the scope was
+///   abandoned ([`AbandonCause::Cancelled`]): a transaction rolls back;
+/// * **during the unwind** (the body had returned): the unwind is
+///   shielded: the body's outcome is final, and each exit that had not
+///   started is told what it would have been told had the scope been
+///   awaited (after a body that returned `Ok`, a transaction not yet
+///   reached still commits), with [`Pending::is_detached`] set; the exit
+///   running at the drop keeps the `Pending` it was given. An outer
+///   `timeout()` therefore does not bound cleanup that had not started:
+///   [`AsyncExitStack::set_unwind_timeout`] and entry timeouts do, and
+///   [`drain`](crate::drain) at shutdown.
 ///
 /// # Panics
 ///
@@ -703,16 +778,14 @@ where
 {
     let mut stack = AsyncExitStack::with_site(site);
     stack.set_cancellable(true);
-    let mut chain = Chain::default();
-    let value = match body(&mut stack).await {
-        Ok(value) => Some(value),
-        Err(e) => {
-            chain.raise(e);
-            None
+    match body(&mut stack).await {
+        Ok(value) => {
+            let by = stack.unwind(Chain::default, Reason::ScopeEnd).await?;
+            Ok((Some(value), by))
         }
-    };
-    let by = stack.unwind(move || chain, Reason::ScopeEnd).await?;
-    Ok((value, by))
+        // `aclose_with`'s unwind, with the body's error.
+        Err(e) => Ok((None, stack.unwind_given(Chain::of(e), Reason::ScopeEnd).await?)),
+    }
 }
 
 #[cfg(test)]

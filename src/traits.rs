@@ -44,7 +44,7 @@ pub enum Flow {
 /// An exit uses it to tell commit from rollback: [`is_ok`](Self::is_ok)
 /// when the body succeeded and every newer entry cleaned up fine;
 /// [`is_abandoned`](Self::is_abandoned) when the stack was dropped without
-/// `aclose` or its unwind was cancelled; otherwise
+/// `aclose` or its owner was cancelled before the unwind began; otherwise
 /// [`error`](Self::error) says what failed, and [`iter`](Self::iter) walks
 /// every error still pending, newest first: what the newest replaced, and
 /// so on back to the body's (Python's walk of `exc.__context__`).
@@ -76,6 +76,8 @@ pub(crate) struct Told {
     /// Whether an error was raised in this scope before this exit ran,
     /// pending or suppressed since; always `true` when `chain` is set.
     pub(crate) saw_error: bool,
+    /// Whether no one will see the unwind's result.
+    pub(crate) detached: bool,
 }
 
 impl Pending {
@@ -87,21 +89,27 @@ impl Pending {
     /// A pending error, as an exit of a hand-driven unwind (or a test of an
     /// [`AsyncExit`] implementation) would see it.
     pub fn new(error: impl Into<BoxError>) -> Self {
-        Self::told(Some(Arc::new([Arc::new(error.into())])), None, true)
+        Self::told(Some(Arc::new([Arc::new(error.into())])), None, true, false)
     }
 
     /// The pending errors `chain` with the bounds `linger`; `saw_error`
     /// when an error was raised in the scope (suppressed since, if `chain`
-    /// is `None`).
-    pub(crate) fn told(chain: Option<Arc<[Link]>>, linger: Option<Arc<Linger>>, saw_error: bool) -> Self {
+    /// is `None`); `detached` when no one will see the unwind's result.
+    pub(crate) fn told(
+        chain: Option<Arc<[Link]>>,
+        linger: Option<Arc<Linger>>,
+        saw_error: bool,
+        detached: bool,
+    ) -> Self {
         let saw_error = saw_error || chain.is_some();
-        if !saw_error && linger.is_none() {
+        if !saw_error && !detached && linger.is_none() {
             return Self(None);
         }
         Self(Some(Arc::new(Told {
             chain,
             linger,
             saw_error,
+            detached,
         })))
     }
 
@@ -195,7 +203,12 @@ impl Pending {
 
     /// This `Pending` with the bounds `linger`.
     pub(crate) fn with_linger_set(self, linger: Arc<Linger>) -> Self {
-        Self::told(self.chain().cloned(), Some(linger), self.saw_error())
+        Self::told(
+            self.chain().cloned(),
+            Some(linger),
+            self.saw_error(),
+            self.is_detached(),
+        )
     }
 
     /// `true` when no error is pending (commit).
@@ -244,10 +257,29 @@ impl Pending {
         self.0.as_ref().is_some_and(|told| told.saw_error)
     }
 
-    /// `true` when the pending error says the scope was abandoned: the stack
-    /// was dropped without `aclose`, its unwind was cancelled, or a panic is
-    /// unwinding through it. This is the analogue of asyncio's
-    /// `CancelledError` reaching `__aexit__`.
+    /// `true` when no one will see this unwind's result: the future that
+    /// awaited it (`aclose`, a scope) was dropped after the unwind began,
+    /// or the stack was dropped without `aclose`; the exit runs in a
+    /// background task.
+    ///
+    /// An unwind that has begun is shielded: dropping the future that
+    /// drives it does not change what the exits that start afterwards are
+    /// told (the body's outcome and the errors of newer exits, as if it had
+    /// been awaited), only this flag. So an audit exit still records a
+    /// request whose transaction committed as a success; an exit that
+    /// would report to the caller knows no one is listening, and may log
+    /// instead. An exit already running when the future was dropped keeps
+    /// the `Pending` it was given.
+    pub fn is_detached(&self) -> bool {
+        self.0.as_ref().is_some_and(|told| told.detached)
+    }
+
+    /// `true` when the pending error says the scope was abandoned before
+    /// its unwind began: the stack was dropped without `aclose`, its owner
+    /// (a scope's body) was cancelled, or a panic is unwinding through it.
+    /// This is the analogue of asyncio's `CancelledError` reaching
+    /// `__aexit__`. An unwind cancelled after it began does not make its
+    /// exits abandoned ([`is_detached`](Self::is_detached)).
     pub fn is_abandoned(&self) -> bool {
         self.downcast_ref::<Abandoned>().is_some()
     }

@@ -38,7 +38,12 @@ fn record(stack: &AsyncExitStack, name: &'static str, log: &Log) {
             None if pending.is_err() => "error".to_owned(),
             None => "ok".to_owned(),
         };
-        log.push(format!("{name} {how}"));
+        let detached = if pending.is_detached() && pending.downcast_ref::<Abandoned>().is_none() {
+            " (detached)"
+        } else {
+            ""
+        };
+        log.push(format!("{name} {how}{detached}"));
         Ok::<_, BoxError>(Flow::Propagate)
     });
 }
@@ -215,7 +220,7 @@ both_flavours! {
 }
 
 both_flavours! {
-    async fn s21_a_cancelled_aclose_finishes_in_the_background_without_rerunning_anything() {
+    async fn a_cancelled_aclose_finishes_in_the_background_told_what_it_would_have_been_told() {
         let log = Log::default();
         let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let runs = Arc::new(AtomicUsize::new(0));
@@ -249,15 +254,15 @@ both_flavours! {
         done.await.unwrap();
         assert_eq!(
             log.take(),
-            ["newest ok", "middle started ok=true", "middle finished", "oldest abandoned: Cancelled"],
-            "the in-flight exit resumed, not restarted; the rest ran once, told the unwind was cancelled",
+            ["newest ok", "middle started ok=true", "middle finished", "oldest ok (detached)"],
+            "the in-flight exit resumed, not restarted; the rest ran once, told the outcome as it was, detached",
         );
         assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 }
 
 both_flavours! {
-    async fn s21_a_scope_cancelled_in_its_body_or_unwind_runs_every_entry_once() {
+    async fn a_scope_cancelled_in_its_body_is_abandoned_and_in_its_unwind_is_shielded() {
         // Cancelled in the body.
         let log = Log::default();
         let l = log.clone();
@@ -299,7 +304,36 @@ both_flavours! {
         gate.notify_one();
         done.await.unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 1, "the in-flight exit ran once");
-        assert_eq!(log.take(), ["older abandoned: Cancelled"]);
+        assert_eq!(
+            log.take(),
+            ["older ok (detached)"],
+            "the body returned Ok: the exit that had not started is told so"
+        );
+
+        // The same with a body that failed: the exits are told its error.
+        let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (tx, done) = oneshot::channel();
+        let (s, g, l) = (started.clone(), gate.clone(), log.clone());
+        let unwinding = scope(async move |stack| {
+            stack.push_async_callback(move || async move {
+                let _ = tx.send(());
+            });
+            record(stack, "older", &l);
+            stack.push_async_callback(move || async move {
+                s.notify_one();
+                g.notified().await;
+            });
+            Err::<(), BoxError>("payment declined".into())
+        });
+        let cancelled = tokio::select! {
+            biased;
+            _ = unwinding => false,
+            () = started.notified() => true,
+        };
+        assert!(cancelled, "the scope was cancelled mid-unwind");
+        gate.notify_one();
+        done.await.unwrap();
+        assert_eq!(log.take(), ["older error (detached)"]);
     }
 }
 

@@ -141,7 +141,9 @@ struct Expected {
 
 /// `abandoned`: the unwind (of a program without a nested scope) was
 /// handed to the background after this many entries had started (the last
-/// of them still in flight), or, for 0, before any did (a dropped stack).
+/// of them still in flight: a cancelled unwind, shielded, so what each exit
+/// is told does not change), or, for 0, before any did (a dropped stack, or
+/// a scope cancelled in its body: abandoned).
 fn model(p: &Program, abandoned: Option<usize>) -> Expected {
     // A dropped stack has no body.
     let body_fails = p.body_fails && abandoned != Some(0);
@@ -152,7 +154,7 @@ fn model(p: &Program, abandoned: Option<usize>) -> Expected {
     if abandoned == Some(0) {
         chain.push("abandoned".into());
     }
-    for (n, (i, e)) in p.entries.iter().enumerate().rev().enumerate() {
+    for (i, e) in p.entries.iter().enumerate().rev() {
         if panicked && i + 1 == p.split {
             // The nested scope resumed a panic through the body: the outer
             // stack is dropped, and its entries run in the background, told
@@ -162,12 +164,10 @@ fn model(p: &Program, abandoned: Option<usize>) -> Expected {
         if e.exit {
             told.push((i, chain.last().cloned().unwrap_or_else(|| "-".into())));
         }
-        if abandoned == Some(n + 1) && chain.is_empty() {
-            // Cancelled while this entry was in flight: from its outcome on,
-            // the unwind runs in the background, told it was cancelled
-            // unless an error is already pending.
-            chain.push("abandoned".into());
-        }
+        // Cancelled while an entry was in flight (`abandoned` > 0): from
+        // its outcome on the unwind runs in the background, shielded: each
+        // exit is told what it would have been told had the unwind been
+        // awaited, so nothing changes here.
         failed |= !matches!(e.behaviour, Behaviour::Ok | Behaviour::Suppress);
         match e.behaviour {
             Behaviour::Ok => {}

@@ -38,11 +38,17 @@ pub struct TransactionError {
 ///   (`commit of sqlx::Transaction<SQLite> failed during cleanup`, the
 ///   `sqlx::Error` as its source), which becomes the scope's error; the
 ///   unwind goes on.
-/// * **the scope failed or was abandoned** (an error pending, a cancelled
-///   request, a dropped stack): rolls back, and the rollback has finished
+/// * **the scope failed or was abandoned** (an error pending, a request
+///   cancelled in its body, a dropped stack): rolls back, and the rollback has finished
 ///   before the unwind moves to the next entry (and so before `scope`
 ///   returns). sqlx alone would roll a dropped transaction back lazily, on
 ///   the connection's next use.
+/// * **cancelled during the unwind** (the body had returned, then the
+///   request's timeout fired before this exit started): the unwind is
+///   shielded, so the exit is told what it would have been told: after a
+///   body that returned `Ok` it still **commits**, in the background
+///   ([`Pending::is_detached`](crate::Pending::is_detached)). A timeout
+///   that fires while the commit runs leaves it running to its end.
 /// * **the body failed, and a newer exit suppressed its error**: Python's
 ///   rule, kept on purpose: a suppressed error is handled, the scope
 ///   succeeded for every older entry, and the transaction **commits** what

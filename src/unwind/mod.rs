@@ -223,7 +223,7 @@ impl Unwind {
     /// every exit told the same, made again only when that changes.
     #[inline]
     fn pending(&mut self, own: Option<&Arc<Linger>>) -> Pending {
-        if self.chain.is_empty() && !self.chain.seen() && own.is_none() && self.linger.is_none() {
+        if self.chain.is_quiet() && own.is_none() && self.linger.is_none() {
             return Pending::none();
         }
         self.pending_shared(own)
@@ -231,16 +231,20 @@ impl Unwind {
 
     fn pending_shared(&mut self, own: Option<&Arc<Linger>>) -> Pending {
         let linger = own.or(self.linger.as_ref());
-        let seen = self.chain.seen();
+        let (seen, detached) = (self.chain.seen(), self.chain.detached());
         let chain = self.chain.shared();
         // The kept `Told` holds its chain and bounds alive, so equal
         // addresses mean the same ones.
         if let Some(told) = self.told.as_ref() {
-            if same(told.chain.as_ref(), chain) && same(told.linger.as_ref(), linger) && told.saw_error == seen {
+            if same(told.chain.as_ref(), chain)
+                && same(told.linger.as_ref(), linger)
+                && told.saw_error == seen
+                && told.detached == detached
+            {
                 return Pending(Some(told.clone()));
             }
         }
-        let pending = Pending::told(chain.cloned(), linger.cloned(), seen);
+        let pending = Pending::told(chain.cloned(), linger.cloned(), seen, detached);
         self.told.clone_from(&pending.0);
         pending
     }
