@@ -33,6 +33,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::future::Future;
 use std::mem;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +143,50 @@ impl Drop for Tracked {
     }
 }
 
+/// Spawns `task` on `handle` as one background cleanup of the default
+/// tracker: [`drain`] waits for it. The task counts its own outcome
+/// ([`count_finished`], [`count_lost`], or a background unwind's report);
+/// under the dispatcher current here, if any.
+pub(crate) fn spawn_counted(handle: &Handle, task: impl Future<Output = ()> + Send + 'static) {
+    RUNNING.send_modify(|n| *n += 1);
+    let task = Counted(Some(Box::pin(task)));
+    match listening_dispatch() {
+        Some(dispatch) => handle.spawn(task.with_subscriber(dispatch)),
+        None => handle.spawn(task),
+    };
+}
+
+/// A running background cleanup of the default tracker, counted until it
+/// ended or was dropped. The task is dropped before the count falls, so a
+/// loss it records on the way is seen by a `drain` that sees the count
+/// fall.
+struct Counted<F>(Option<std::pin::Pin<Box<F>>>);
+
+impl<F: Future<Output = ()>> Future for Counted<F> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(task) = self.0.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        std::task::ready!(task.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(())
+    }
+}
+
+impl<F> Drop for Counted<F> {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        RUNNING.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Counts a background cleanup lost (reported by the caller).
+pub(crate) fn count_lost() {
+    LOST.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Runs an unwind whose entries need no runtime right here (permits
 /// and guards are released inline, no task spawned). Returns `false` if an
 /// entry turned out to need more than one poll.
@@ -157,7 +202,9 @@ fn poll_inline(unwind: &mut Unwind) -> bool {
     finished
 }
 
-async fn run(mut unwind: Unwind) {
+/// Runs `unwind` to its end, then reports and counts it (a background
+/// unwind's whole life, once spawned).
+pub(crate) async fn run(mut unwind: Unwind) {
     unwind.cooperative = true;
     unwind.run().await;
     report(&mut unwind);
@@ -247,7 +294,7 @@ fn report(unwind: &mut Unwind) {
 }
 
 /// Counts a finished unwind of the default tracker.
-fn count_finished(failed: bool) {
+pub(crate) fn count_finished(failed: bool) {
     let counter = if failed { &FAILED } else { &FINISHED };
     counter.fetch_add(1, Ordering::Relaxed);
 }

@@ -637,6 +637,11 @@ pub enum AbandonCause {
     /// scope cancelled in its body, or a stack declared
     /// [cancellable](crate::AsyncExitStack::set_cancellable) and dropped.
     Cancelled,
+    /// The resource comes from an enter whose caller was cancelled before
+    /// the enter returned it: the stack finished the enter in the
+    /// background and releases the resource, which no one ever used (see
+    /// [`AsyncEnter::enter_finishing`](crate::AsyncEnter::enter_finishing)).
+    EnterCancelled,
 }
 
 impl fmt::Display for AbandonCause {
@@ -645,6 +650,7 @@ impl fmt::Display for AbandonCause {
             Self::Dropped => "dropped without aclose",
             Self::Panicking => "dropped while a panic unwound through it",
             Self::Cancelled => "its owner was cancelled",
+            Self::EnterCancelled => "the enter of this resource was cancelled before it returned it",
         })
     }
 }

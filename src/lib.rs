@@ -140,6 +140,11 @@
 //!   above. A stack made with `new()` and dropped holding entries is a
 //!   WARN (a forgotten `aclose`) unless it was declared
 //!   [`set_cancellable`](AsyncExitStack::set_cancellable).
+//! * **An enter cut short** is finished when the enter asks for it
+//!   ([`AsyncEnter::enter_finishing`]; the crate's `sqlx::begin` does) or
+//!   the caller does ([`EntryBuilder::finish_on_cancel`]): its resource is
+//!   released through its exit, never dropped half acquired (see
+//!   [`finish`]).
 //! * **Timeouts**: per entry ([`EntryBuilder::timeout`]) and for a whole
 //!   unwind ([`AsyncExitStack::set_unwind_timeout`]).
 //! * **Concurrent groups** ([`AsyncExitStack::enter_group`]) close many
@@ -219,6 +224,7 @@
 pub mod background;
 mod erased;
 pub mod error;
+pub mod finish;
 mod integrations;
 pub mod linger;
 mod owned;
@@ -265,10 +271,10 @@ pub mod deadpool {
 }
 pub use background::drain;
 pub use error::{BoxError, Error};
-pub use register::{EntryBuilder, Key};
+pub use register::{EntryBuilder, FinishOnCancel, Key};
 pub use registry::ExitGroup;
 pub use stack::{AsyncExitStack, scope, scope_suppressible};
-pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending, acquire};
+pub use traits::{Acquire, AsyncEnter, AsyncExit, CallbackOutput, Entering, Finish, Flow, Pending, acquire};
 
 /// The README's examples, compiled and run as doc tests, so that every
 /// snippet there stays true.

@@ -12,14 +12,16 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::num::NonZeroU64;
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::erased::{AsyncCallbackFn, AsyncExitFn, CallbackFn, DropGuard, ExitCell, ExitFn};
 use crate::error::BoxError;
+use crate::finish::Finishing;
 use crate::linger::Linger;
 use crate::registry::{ExitGroup, Options, Registry};
-use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Flow, Pending};
+use crate::traits::{AsyncEnter, AsyncExit, CallbackOutput, Entering, Finish, Flow, Pending};
 
 /// The registering methods of a stack and of a group: each delegates to
 /// `self.entry()`, the [`EntryBuilder`] with default options. Invoked
@@ -35,10 +37,24 @@ macro_rules! registering_methods {
         ///
         /// # Cancel safety
         ///
-        /// As cancel safe as the enter itself: dropped before the enter
-        /// finished, nothing is registered, and whatever the enter had
-        /// acquired is dropped with it (`Drop` semantics). Once the enter has
-        /// finished, registering cannot be interrupted.
+        /// Dropped before the enter finished: nothing of the enter is
+        /// registered, and what happens to what it had half acquired is the
+        /// enter's choice
+        /// ([`AsyncEnter::enter_finishing`](crate::AsyncEnter::enter_finishing)):
+        ///
+        /// * by default (`acquire(..)`, a semaphore, a mutex, a rwlock), it
+        ///   is dropped with the future, as any future's state is; waiting
+        ///   for a permit or a lock is given up, and the waiter leaves the
+        ///   queue;
+        /// * an enter that opted in (`sqlx::begin`: the `BEGIN` once the
+        ///   connection is held), or any `'static` enter registered through
+        ///   [`finish_on_cancel`](crate::EntryBuilder::finish_on_cancel),
+        ///   is finished in a background task and its resource released
+        ///   through its exit; the stack keeps an entry at its place that
+        ///   waits for that (see [`finish`](crate::finish)).
+        ///
+        /// Once the enter has finished, registering cannot be interrupted.
+        #[track_caller]
         pub fn enter_async_context<C: $crate::AsyncEnter>(
             &self,
             cm: C,
@@ -107,11 +123,18 @@ macro_rules! registering_methods {
         /// # Ok(()) }
         /// # #[cfg(not(feature = "fs"))] fn main() {}
         /// ```
-        pub async fn enter_keyed<C: $crate::AsyncEnter>(
+        ///
+        /// # Cancel safety
+        ///
+        /// As [`enter_async_context`](Self::enter_async_context)'s. A
+        /// cancelled enter that is finished in the background has no key:
+        /// its resource is released, never handed out.
+        #[track_caller]
+        pub fn enter_keyed<C: $crate::AsyncEnter>(
             &self,
             cm: C,
-        ) -> Result<($crate::Key<C::Resource>, &mut C::Resource), C::Error> {
-            self.entry().enter_keyed(cm).await
+        ) -> impl std::future::Future<Output = Result<$crate::register::Keyed<'_, C::Resource>, C::Error>> {
+            self.entry().enter_keyed(cm)
         }
 
         /// Registers `value`, whose cleanup is its `Drop` (a permit, a guard, a
@@ -284,10 +307,59 @@ impl<'s> EntryBuilder<'s> {
         self
     }
 
+    /// How long this entry's enter, if its caller is cancelled while a
+    /// part of it that must be finished runs, may take to finish in the
+    /// background before it is dropped (see [`finish`](crate::finish)).
+    /// Defaults to [`FINISH_TIMEOUT`](crate::finish::FINISH_TIMEOUT). Not
+    /// the exit's [`timeout`](Self::timeout).
+    pub fn finish_timeout(mut self, bound: Duration) -> Self {
+        self.options.get_or_insert_default().finish = Some(bound);
+        self
+    }
+
+    /// Finishes this entry's whole enter, and releases its resource, if the
+    /// caller's future is dropped before the enter returned it, whatever
+    /// the enter's own choice: for a `'static` enter that leaves state
+    /// behind once begun (`acquire(TcpStream::connect(addr))`, a TLS
+    /// handshake). Costs one allocation (the enter's future is boxed).
+    ///
+    /// Use it only for an enter that does not wait in a queue: a waiter
+    /// for a pool slot or a permit finished in the background keeps its
+    /// place in the queue after its caller is gone.
+    ///
+    /// ```
+    /// # #[cfg(feature = "net")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use std::time::Duration;
+    /// use tokio::net::{TcpListener, TcpStream};
+    /// use tokio_exit_stack::{acquire, AsyncExitStack};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?;
+    /// let mut stack = AsyncExitStack::new();
+    /// let connect = stack.entry().finish_on_cancel().enter_async_context(acquire(TcpStream::connect(addr)));
+    /// // cut short: the connection is finished, then shut down cleanly
+    /// let _ = tokio::time::timeout(Duration::ZERO, connect).await;
+    /// stack.aclose().await.map_err(std::io::Error::other)?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "net"))] fn main() {}
+    /// ```
+    pub fn finish_on_cancel(self) -> FinishOnCancel<'s> {
+        FinishOnCancel(self)
+    }
+
     /// [`AsyncExitStack::enter_async_context`](crate::AsyncExitStack::enter_async_context) with these options.
-    pub async fn enter_async_context<C: AsyncEnter>(self, cm: C) -> Result<&'s mut C::Resource, C::Error> {
-        let resource = cm.enter().await?;
-        Ok(self.registry.register_async(resource, self.options))
+    #[track_caller]
+    pub fn enter_async_context<C: AsyncEnter>(
+        self,
+        cm: C,
+    ) -> impl Future<Output = Result<&'s mut C::Resource, C::Error>> + use<'s, C> {
+        let site = Location::caller();
+        async move {
+            let (resource, options) = entered(self.registry, self.options, cm.enter_finishing(), site).await?;
+            Ok(self.registry.register_async(resource, options))
+        }
     }
 
     /// [`AsyncExitStack::enter_group`](crate::AsyncExitStack::enter_group) with these options.
@@ -315,9 +387,17 @@ impl<'s> EntryBuilder<'s> {
     }
 
     /// [`AsyncExitStack::enter_keyed`](crate::AsyncExitStack::enter_keyed) with these options.
-    pub async fn enter_keyed<C: AsyncEnter>(self, cm: C) -> Result<(Key<C::Resource>, &'s mut C::Resource), C::Error> {
-        let resource = cm.enter().await?;
-        Ok(self.push_keyed(resource))
+    #[track_caller]
+    pub fn enter_keyed<C: AsyncEnter>(
+        self,
+        cm: C,
+    ) -> impl Future<Output = Result<Keyed<'s, C::Resource>, C::Error>> + use<'s, C> {
+        let site = Location::caller();
+        async move {
+            let Self { registry, options } = self;
+            let (resource, options) = entered(registry, options, cm.enter_finishing(), site).await?;
+            Ok(Self { registry, options }.push_keyed(resource))
+        }
     }
 
     /// [`AsyncExitStack::enter_context`](crate::AsyncExitStack::enter_context) with these options.
@@ -363,5 +443,55 @@ impl<'s> EntryBuilder<'s> {
         R: CallbackOutput + 'static,
     {
         self.registry.register_sync(CallbackFn(callback), self.options);
+    }
+}
+
+/// A keyed resource, lent: what `enter_keyed` gives.
+pub(crate) type Keyed<'s, T> = (Key<T>, &'s mut T);
+
+/// An [`EntryBuilder`] whose enter is finished if its caller is cancelled:
+/// from [`EntryBuilder::finish_on_cancel`].
+#[must_use = "a FinishOnCancel registers nothing until its enter_async_context is called"]
+#[derive(Debug)]
+pub struct FinishOnCancel<'s>(EntryBuilder<'s>);
+
+impl<'s> FinishOnCancel<'s> {
+    /// [`AsyncExitStack::enter_async_context`](crate::AsyncExitStack::enter_async_context),
+    /// the whole enter finished in the background if this future is
+    /// dropped before it returned.
+    #[track_caller]
+    pub fn enter_async_context<C>(
+        self,
+        cm: C,
+    ) -> impl Future<Output = Result<&'s mut C::Resource, C::Error>> + use<'s, C>
+    where
+        C: AsyncEnter + 'static,
+        C::Error: fmt::Display + 'static,
+    {
+        let site = Location::caller();
+        let EntryBuilder { registry, options } = self.0;
+        let finish = Finish::new(cm.enter());
+        async move {
+            let (resource, options) = entered(registry, options, async { Ok(Entering::Finish(finish)) }, site).await?;
+            Ok(registry.register_async(resource, options))
+        }
+    }
+}
+
+/// Runs an enter (`entering`, from `enter_finishing`): a ready resource
+/// comes back at once; a part to finish is polled here, and handed to the
+/// background if this future is dropped first (see `finish`).
+async fn entered<R: AsyncExit, E>(
+    registry: &Registry,
+    options: Option<Box<Options>>,
+    entering: impl Future<Output = Result<Entering<R, E>, E>>,
+    site: &'static Location<'static>,
+) -> Result<(R, Option<Box<Options>>), E> {
+    match entering.await? {
+        Entering::Ready(resource) => Ok((resource, options)),
+        Entering::Finish(finish) => {
+            let (result, options) = Finishing::new(finish, registry, options, site).await;
+            result.map(|resource| (resource, options))
+        }
     }
 }

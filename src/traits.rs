@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::error::{Abandoned, BoxError, Cause, Link};
@@ -409,6 +410,27 @@ pub trait AsyncExit: Send + 'static {
 /// `enter` runs exactly once, before anything is registered; if it fails,
 /// the stack is left as it was and the caller gets `Self::Error` unchanged.
 ///
+/// # An enter cut short
+///
+/// tokio cancels a future by dropping it, and an enter dropped half way
+/// drops what it had half acquired: a connection mid-handshake, a `BEGIN`
+/// sent and not yet acknowledged. An enter whose second half leaves state
+/// behind can opt in to having that half finished when it is cancelled,
+/// by implementing [`enter_finishing`](Self::enter_finishing): it runs the
+/// part that may be dropped (waiting for a pool slot, a permit, a lock:
+/// a dead waiter must not keep its place in a queue), then hands over the
+/// rest as a [`Finish`]. If the caller's future is dropped while that rest
+/// runs, the stack finishes it in a background task (tracked by
+/// [`drain`](crate::drain)), bounded by
+/// [`FINISH_TIMEOUT`](crate::finish::FINISH_TIMEOUT) (or the entry's
+/// [`finish_timeout`](crate::EntryBuilder::finish_timeout)), and releases
+/// the resource through its exit, told
+/// [`AbandonCause::EnterCancelled`](crate::error::AbandonCause::EnterCancelled);
+/// meanwhile it keeps an entry at the cancelled enter's place that waits
+/// for that, so no older entry is released first. Any `'static` enter can
+/// be finished whole, per entry:
+/// [`EntryBuilder::finish_on_cancel`](crate::EntryBuilder::finish_on_cancel).
+///
 /// Every [`AsyncExit`] type enters as itself (with `Error = Infallible`).
 /// Use [`acquire`] to enter the result of a future, such as
 /// `TcpStream::connect(addr)` or `File::create(path)`.
@@ -423,6 +445,78 @@ pub trait AsyncEnter: Send + Sized {
 
     /// Produces the resource.
     fn enter(self) -> impl Future<Output = Result<Self::Resource, Self::Error>> + Send;
+
+    /// Produces the resource, or the part of entering that must be
+    /// finished even if the caller's future is dropped from here on (see
+    /// "An enter cut short" above). The stack's entering methods call this.
+    ///
+    /// The default runs [`enter`](Self::enter) and returns
+    /// [`Entering::Ready`]: the whole enter is dropped on cancellation, as
+    /// any future is. Override it for an enter whose later part leaves
+    /// state behind (the crate's `sqlx::begin` does: the pool slot is
+    /// awaited here, the `BEGIN` on the owned connection is finished).
+    fn enter_finishing(
+        self,
+    ) -> impl Future<Output = Result<Entering<Self::Resource, Self::Error>, Self::Error>> + Send {
+        let enter = self.enter();
+        async move { enter.await.map(Entering::Ready) }
+    }
+}
+
+/// What [`AsyncEnter::enter_finishing`] gives: the resource, or the part of
+/// the enter that the stack finishes even if the caller is cancelled.
+pub enum Entering<R, E> {
+    /// The resource, entered.
+    Ready(R),
+    /// The rest of the enter, to be finished once begun.
+    Finish(Finish<R, E>),
+}
+
+/// The part of an enter that must run to its end once begun: an owned,
+/// boxed future (`'static`, so that the stack can finish it in a
+/// background task if the caller's future is dropped), and how to name its
+/// error in the event that reports a failed background finish.
+///
+/// Made by [`Finish::new`] (one allocation, the box) or [`Finish::boxed`]
+/// (none, for a future already boxed).
+pub struct Finish<R, E> {
+    pub(crate) future: FinishFuture<R, E>,
+    /// The same future with its error as a message, for a background
+    /// finish (made only where `E`'s bounds are known).
+    pub(crate) detach: fn(FinishFuture<R, E>) -> FinishFuture<R, String>,
+}
+
+/// The boxed future of a [`Finish`].
+pub(crate) type FinishFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+impl<R: 'static, E: fmt::Display + 'static> Finish<R, E> {
+    /// Boxes `future` as the part to finish: one allocation.
+    pub fn new(future: impl Future<Output = Result<R, E>> + Send + 'static) -> Self {
+        Self::boxed(Box::pin(future))
+    }
+
+    /// A future already boxed as the part to finish: no allocation.
+    pub fn boxed(future: Pin<Box<dyn Future<Output = Result<R, E>> + Send>>) -> Self {
+        Self {
+            future,
+            detach: |future| Box::pin(async move { future.await.map_err(|e| e.to_string()) }),
+        }
+    }
+}
+
+impl<R, E> fmt::Debug for Finish<R, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Finish").finish_non_exhaustive()
+    }
+}
+
+impl<R, E> fmt::Debug for Entering<R, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ready(_) => f.write_str("Entering::Ready(..)"),
+            Self::Finish(_) => f.write_str("Entering::Finish(..)"),
+        }
+    }
 }
 
 impl<T: AsyncExit> AsyncEnter for T {

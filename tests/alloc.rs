@@ -200,3 +200,20 @@ fn a_small_stack_after_a_large_unwind_holds_less_than_a_kibibyte() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn an_enter_that_finishes_on_cancellation_costs_one_allocation_more() {
+    fn register(stack: &AsyncExitStack, i: usize) {
+        let ready = std::future::ready(Ok::<_, std::io::Error>(Resource(i as u64)));
+        let mut entering = std::pin::pin!(
+            stack
+                .entry()
+                .finish_on_cancel()
+                .enter_async_context(tokio_exit_stack::acquire(ready))
+        );
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(entering.as_mut().poll(&mut cx).is_ready());
+    }
+    // The resource, its boxed exit future, and the enter's boxed future.
+    check(register, 3, "resources entered with finish_on_cancel");
+}

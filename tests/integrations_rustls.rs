@@ -383,3 +383,58 @@ fn sigpipe_child() {
     drop(rt);
     drop(stack); // no runtime: `abandon` writes close_notify to the socket
 }
+
+/// A TLS connect entered with `finish_on_cancel`, dropped right after its
+/// k-th `Pending` for every k until it completes uncancelled: each
+/// connection the server accepted finished its handshake and ended with
+/// `close_notify` (the cancelled ones finished and closed in the
+/// background), on both runtime flavours.
+async fn tls_connect_cancelled_at_every_poll_ends_with_close_notify() {
+    let (connector, acceptor) = configs();
+    let (addr, mut endings) = reading_server(acceptor).await;
+    let mut started = 0;
+    let mut k = 0;
+    loop {
+        let mut stack = AsyncExitStack::new();
+        let connector = connector.clone();
+        let connect = tokio_exit_stack::acquire(async move {
+            let tcp = TcpStream::connect(addr).await?;
+            connector.connect(localhost(), tcp).await
+        });
+        let entered =
+            common::cancel_after_pendings(stack.entry().finish_on_cancel().enter_async_context(connect), k).await;
+        if k > 0 {
+            started += 1; // polled at least once: the connect began
+        }
+        let completed = match entered {
+            Some(tls) => {
+                tls.unwrap().write_all(b"hello").await.unwrap();
+                true
+            }
+            None => false,
+        };
+        stack.aclose().await.unwrap(); // waits for a cancelled connect's close
+        if completed {
+            break;
+        }
+        k += 1;
+        assert!(k < 1000, "the connect completes uncancelled at some k");
+    }
+    assert!(k > 1, "the connect was cut short at several points ({k})");
+    for ending in collect(&mut endings, started).await {
+        assert!(matches!(ending, Ending::Clean { .. }), "{ending:?}");
+    }
+    let more = tokio::time::timeout(Duration::from_millis(100), endings.recv()).await;
+    assert!(more.is_err(), "one connection per begun connect: {more:?}");
+    assert!(drain(Duration::from_secs(30)).await.is_complete());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tls_connect_cancelled_at_every_poll_ends_with_close_notify_current_thread() {
+    tls_connect_cancelled_at_every_poll_ends_with_close_notify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connect_cancelled_at_every_poll_ends_with_close_notify_multi_thread() {
+    tls_connect_cancelled_at_every_poll_ends_with_close_notify().await;
+}

@@ -475,3 +475,56 @@ async fn a_commit_cut_off_by_its_timeout_on_sqlite_is_of_unknown_outcome_and_did
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The cancel-at-every-poll harness of tests/postgres.rs on a SQLite file:
+/// `enter_async_context(sqlx::begin(&pool))` dropped right after its k-th
+/// `Pending`, for every k until the enter completes uncancelled; after
+/// each k, the write lock is free (no transaction left open) and every
+/// connection is back in the pool. A regression test: sqlx-sqlite 0.8.6
+/// already rolls back an unacknowledged `BEGIN`, so this passed before
+/// cancelled enters were finished too.
+async fn begin_cancelled_at_every_poll_on_sqlite() {
+    let db = Database::new().await;
+    let pool = db.pool(2).await;
+    let mut probe = db.impatient().await;
+    let mut k = 0;
+    loop {
+        let completed = scope(async |stack| {
+            match common::cancel_after_pendings(stack.enter_async_context(begin(&pool)), k).await {
+                Some(tx) => {
+                    let tx = tx?;
+                    sqlx::query("INSERT INTO orders (scope, line) VALUES (?, 1)")
+                        .bind(k as i64)
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+        .await
+        .unwrap();
+        assert!(drain(Duration::from_secs(30)).await.is_complete(), "k={k}");
+        common::eventually("every connection is back in the pool", || {
+            pool.num_idle() == pool.size() as usize
+        })
+        .await;
+        assert!(write_lock_is_free(&mut probe).await, "k={k}: no transaction left open");
+        if completed {
+            break;
+        }
+        k += 1;
+        assert!(k < 1000, "the enter completes uncancelled at some k");
+    }
+    assert_eq!(orders(&pool).await, BTreeSet::from([(k as i64, 1)]));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn begin_cancelled_at_every_poll_on_sqlite_current_thread() {
+    begin_cancelled_at_every_poll_on_sqlite().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_cancelled_at_every_poll_on_sqlite_multi_thread() {
+    begin_cancelled_at_every_poll_on_sqlite().await;
+}

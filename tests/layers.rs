@@ -5,9 +5,10 @@
 mod common;
 
 /// Top to bottom, as in `lib.rs`.
-const LAYERS: [&str; 14] = [
+const LAYERS: [&str; 15] = [
     "stack",
     "register",
+    "finish",
     "background",
     "strict",
     "unwind",

@@ -345,3 +345,106 @@ mod pooled {
         }
     }
 }
+
+/// `url` through a loopback proxy that holds every chunk the server sends
+/// for 2 ms before passing it on: a slower network.
+async fn through_latency_proxy(url: &str) -> String {
+    let (head, rest) = url.rsplit_once('@').unwrap();
+    let (server, db) = rest.split_once('/').unwrap();
+    let server: std::net::SocketAddr = server.parse().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = upstream.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    let _ = server_write.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            if client_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = client_write.shutdown().await;
+                let _ = up.await;
+            });
+        }
+    });
+    format!("{head}@{proxy}/{db}")
+}
+
+/// `enter_async_context(sqlx::begin(&pool))` dropped right after its k-th
+/// `Pending`, for k = 0, 1, ... until an uncancelled enter completes; after
+/// each k, what the server shows: no session "idle in transaction", and
+/// every connection of the pool back and idle. A `BEGIN` dropped half way
+/// left a session in a transaction on the pool (launchbadge/sqlx#4385);
+/// finished in the background and rolled back, it cannot.
+async fn begin_cancelled_at_every_poll(name: &str) {
+    let Some((_direct, url)) = database(name).await else {
+        return;
+    };
+    // Through a proxy that holds each reply from the server for 2 ms, so
+    // that waiting for the reply to `BEGIN` is always a `Pending` of its
+    // own (on loopback it may come back within the poll that sent it).
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&through_latency_proxy(&url).await)
+        .await
+        .unwrap();
+    let mut k = 0;
+    loop {
+        let completed = scope(async |stack| {
+            match common::cancel_after_pendings(stack.enter_async_context(begin(&pool)), k).await {
+                Some(tx) => {
+                    let tx = tx?;
+                    sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+                        .bind(k as i32)
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(true)
+                }
+                None => Ok(false), // cut short: the scope goes on without it
+            }
+        })
+        .await
+        .unwrap();
+        let report = tokio_exit_stack::drain(Duration::from_secs(30)).await;
+        assert!(report.is_complete(), "k={k}: {report:?}");
+        assert_eq!(sessions_in(&url, name, "idle in transaction").await, 0, "k={k}");
+        common::eventually("every connection is back in the pool", || {
+            pool.num_idle() == pool.size() as usize
+        })
+        .await;
+        if completed {
+            break;
+        }
+        k += 1;
+        assert!(k < 1000, "the enter completes uncancelled at some k");
+    }
+    assert_eq!(orders(&url).await, [k as i32], "only the uncancelled enter's insert");
+    assert_eq!(sessions_in(&url, name, "idle in transaction").await, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn begin_cancelled_at_every_poll_leaves_no_session_in_a_transaction_current_thread() {
+    begin_cancelled_at_every_poll("every_poll_ct").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_cancelled_at_every_poll_leaves_no_session_in_a_transaction_multi_thread() {
+    begin_cancelled_at_every_poll("every_poll_mt").await;
+}

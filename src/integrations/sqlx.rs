@@ -7,7 +7,7 @@ use std::fmt;
 use ::sqlx::{Database, Pool, Transaction};
 
 use crate::error::BoxError;
-use crate::traits::{AsyncEnter, AsyncExit, Flow, Pending};
+use crate::traits::{AsyncEnter, AsyncExit, Entering, Finish, Flow, Pending};
 
 /// A transaction's commit or rollback failed: which transaction, which
 /// step, and sqlx's error in `source()`.
@@ -132,12 +132,33 @@ impl<DB: Database> fmt::Debug for Begin<DB> {
     }
 }
 
+/// Entering acquires a connection from the pool, then sends `BEGIN` on it.
+///
+/// # Cancel safety
+///
+/// Cancelled while waiting for a connection: the wait is dropped (the
+/// waiter leaves the pool's queue; nothing was acquired). Cancelled once
+/// the connection is held: the `BEGIN` is finished in the background, and
+/// the transaction it opens is rolled back (its exit is told
+/// [`AbandonCause::EnterCancelled`](crate::error::AbandonCause::EnterCancelled))
+/// before the connection returns to the pool. Dropped half way, sqlx
+/// (0.8.4 and later) could return a connection whose `BEGIN` the server
+/// had run to the pool, leaving a session "idle in transaction"
+/// (launchbadge/sqlx#4385); finished, it cannot. This costs no allocation
+/// beyond sqlx's own (`Pool::begin` boxes the same future).
 impl<DB: Database> AsyncEnter for Begin<DB> {
     type Resource = Transaction<'static, DB>;
     type Error = ::sqlx::Error;
 
     async fn enter(self) -> Result<Transaction<'static, DB>, ::sqlx::Error> {
         self.pool.begin().await
+    }
+
+    async fn enter_finishing(self) -> Result<Entering<Transaction<'static, DB>, ::sqlx::Error>, ::sqlx::Error> {
+        let connection = self.pool.acquire().await?;
+        // What `Pool::begin` does after its `acquire` (sqlx 0.8): the
+        // `BEGIN` on the owned connection, already a boxed future.
+        Ok(Entering::Finish(Finish::boxed(Transaction::begin(connection, None))))
     }
 }
 

@@ -64,6 +64,8 @@ pub(crate) struct Options {
     pub(crate) linger: Option<Arc<Linger>>,
     /// Set for a keyed registration: what its `Key` names.
     pub(crate) key: Option<NonZeroU64>,
+    /// How long a cancelled enter of this entry may take to finish.
+    pub(crate) finish: Option<Duration>,
 }
 
 /// One registration. Inside a [`Registry`] it is only pushed and counted;

@@ -294,3 +294,27 @@ pub fn library_sources() -> Vec<(std::path::PathBuf, String)> {
     }
     sources
 }
+
+/// Polls `future` until it has returned `Pending` `k` times, then drops
+/// it, as a timeout or a lost `select!` branch would (`k = 0`: dropped
+/// before its first poll). `Some(output)` if it finished first.
+pub async fn cancel_after_pendings<F: std::future::Future>(future: F, k: usize) -> Option<F::Output> {
+    if k == 0 {
+        drop(future);
+        return None;
+    }
+    let mut future = std::pin::pin!(future);
+    let mut pendings = 0;
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => {
+            pendings += 1;
+            if pendings == k {
+                std::task::Poll::Ready(None)
+            } else {
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
+}
