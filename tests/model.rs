@@ -457,6 +457,8 @@ fn execute(p: &Program, multi: bool, trace: &Trace, polls: usize) -> Option<Outc
 struct Share {
     cases: AtomicUsize,
     mid_unwind: AtomicUsize,
+    /// Cases of the enter model cancelled inside an enter.
+    in_enter: AtomicUsize,
 }
 
 fn check(p: &Program, multi: bool, share: &Share) -> Result<(), TestCaseError> {
@@ -706,4 +708,315 @@ fn s8_to_s21_model_current_thread() {
 #[test]
 fn s8_to_s21_model_multi_thread() {
     model_run(true);
+}
+
+/// A second model: programs whose body enters resources (an enter in two
+/// parts that asks to be finished: a part dropped on cancellation, then a
+/// part finished) and registers exits, each exit failing or not, the body
+/// failing or not; cancelled at a poll drawn half the time inside the body
+/// (so inside an enter: the body awaits nothing else) and half the time
+/// inside the unwind. Checked: exactly one exit per completed enter and per
+/// registered exit, none for an enter dropped before its finished part;
+/// and what each exit was told: a cancel in the body abandons the scope (a
+/// finished enter's resource is told its enter was cancelled); a cancel in
+/// the unwind changes nothing anyone is told.
+mod enters {
+    use super::*;
+    use tokio_exit_stack::error::{AbandonCause, Abandoned};
+    use tokio_exit_stack::{AsyncEnter, AsyncExit, Entering, Finish, async_trait, scope};
+
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Item {
+        enter: bool,
+        fails: bool,
+    }
+
+    #[derive(Debug, Clone)]
+    pub(super) struct Program {
+        items: Vec<Item>,
+        body_fails: bool,
+        /// Where to cancel: in the body (inside an enter) or the unwind,
+        /// and at which of its polls.
+        in_body: bool,
+        at: proptest::sample::Index,
+    }
+
+    pub(super) fn program() -> impl Strategy<Value = Program> {
+        (
+            proptest::collection::vec(
+                (any::<bool>(), any::<bool>()).prop_map(|(enter, fails)| Item { enter, fails }),
+                1..8,
+            ),
+            any::<bool>(),
+            any::<bool>(),
+            any::<proptest::sample::Index>(),
+        )
+            .prop_map(|(items, body_fails, in_body, at)| Program {
+                items,
+                body_fails,
+                in_body,
+                at,
+            })
+    }
+
+    /// What happened to each item, and when.
+    #[derive(Default)]
+    struct State {
+        /// (item, what its exit was told), in the order the exits ran.
+        runs: Vec<(usize, String)>,
+        /// Items whose enter produced its resource.
+        produced: Vec<usize>,
+        /// Items whose enter began its finished part.
+        finishing: Vec<usize>,
+        /// Items registered on the stack (an exit pushed, or an enter returned).
+        registered: Vec<usize>,
+        body_returned: bool,
+        /// Polls of the scope's future, all of them and those in the body.
+        polls: usize,
+        body_polls: usize,
+    }
+
+    type Shared = Arc<Mutex<State>>;
+
+    fn told(pending: &Pending) -> String {
+        if let Some(a) = pending.downcast_ref::<Abandoned>() {
+            return match a.cause {
+                AbandonCause::EnterCancelled => "enter cancelled".into(),
+                _ => "abandoned".into(),
+            };
+        }
+        pending.error().map(|e| e.to_string()).unwrap_or_else(|| "-".into())
+    }
+
+    struct Resource {
+        item: usize,
+        fails: bool,
+        state: Shared,
+    }
+
+    #[async_trait]
+    impl AsyncExit for Resource {
+        async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
+            self.state.lock().unwrap().runs.push((self.item, told(&pending)));
+            tokio::task::yield_now().await;
+            if self.fails {
+                return Err(Failed(self.item).into());
+            }
+            Ok(Flow::Propagate)
+        }
+    }
+
+    struct Enter(Resource);
+
+    impl AsyncEnter for Enter {
+        type Resource = Resource;
+        type Error = std::io::Error;
+
+        async fn enter(self) -> std::io::Result<Resource> {
+            Ok(self.0)
+        }
+
+        async fn enter_finishing(self) -> std::io::Result<Entering<Resource, std::io::Error>> {
+            tokio::task::yield_now().await; // the part dropped on cancellation
+            let resource = self.0;
+            Ok(Entering::Finish(Finish::new(async move {
+                resource.state.lock().unwrap().finishing.push(resource.item);
+                tokio::task::yield_now().await; // the part finished
+                tokio::task::yield_now().await;
+                resource.state.lock().unwrap().produced.push(resource.item);
+                Ok(resource)
+            })))
+        }
+    }
+
+    /// The scope's future, polled at most `polls` times; counts its polls.
+    async fn run(p: &Program, state: &Shared, polls: usize) -> Option<Result<(), Error>> {
+        let scope = {
+            let (p, state) = (p.clone(), state.clone());
+            scope(async move |stack| {
+                for (i, item) in p.items.iter().copied().enumerate() {
+                    let resource = Resource {
+                        item: i,
+                        fails: item.fails,
+                        state: state.clone(),
+                    };
+                    if item.enter {
+                        stack
+                            .entry()
+                            .label(format!("e{i}"))
+                            .enter_async_context(Enter(resource))
+                            .await?;
+                    } else {
+                        stack.entry().label(format!("e{i}")).push_resource(resource);
+                    }
+                    state.lock().unwrap().registered.push(i);
+                }
+                state.lock().unwrap().body_returned = true;
+                if p.body_fails {
+                    Err(BodyFailed)?;
+                }
+                Ok(())
+            })
+        };
+        let mut scope = std::pin::pin!(scope);
+        let mut left = polls;
+        std::future::poll_fn(|cx| {
+            if left == 0 {
+                return Poll::Ready(None);
+            }
+            left -= 1;
+            let in_body = !state.lock().unwrap().body_returned;
+            {
+                let mut s = state.lock().unwrap();
+                s.polls += 1;
+                if in_body {
+                    s.body_polls += 1;
+                }
+            }
+            scope.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+
+    /// Runs `p` on a fresh runtime, cancelled after `polls` polls, and
+    /// waits for its background work.
+    fn execute(p: &Program, multi: bool, polls: usize) -> (Option<Result<(), Error>>, State) {
+        let state = Shared::default();
+        // Workers of their own name: the first model tells its events
+        // apart by its workers' name.
+        let rt = if multi {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("enter-model-worker")
+                .enable_all()
+                .build()
+                .unwrap()
+        } else {
+            runtime(false)
+        };
+        let outcome = rt.block_on(async {
+            let outcome = run(p, &state, polls).await;
+            // Wait for the background work (`drain` is process-wide, and
+            // other tests run at once): every finish begun has produced its
+            // resource, and every resource owed an exit has had it.
+            let settled = || {
+                let s = state.lock().unwrap();
+                let mut owed: Vec<usize> = s.registered.iter().chain(&s.produced).copied().collect();
+                owed.sort_unstable();
+                owed.dedup();
+                s.finishing.iter().all(|i| s.produced.contains(i)) && s.runs.len() >= owed.len()
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !settled() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await; // a second run would show up here
+            outcome
+        });
+        drop(rt);
+        let state = std::mem::take(&mut *state.lock().unwrap());
+        (outcome, state)
+    }
+
+    /// What the exits of `items` (registered, newest last) are told when
+    /// the unwind starts with `chain` pending: newest first.
+    fn expected(p: &Program, items: &[usize], mut chain: Vec<String>) -> Vec<(usize, String)> {
+        let mut told = Vec::new();
+        for &i in items.iter().rev() {
+            told.push((i, chain.last().cloned().unwrap_or_else(|| "-".into())));
+            if p.items[i].fails {
+                chain.push(format!("f{i}"));
+            }
+        }
+        told
+    }
+
+    pub(super) fn check(p: &Program, multi: bool, share: &Share) -> Result<(), TestCaseError> {
+        // Measure an uncancelled run, then cancel at a poll of the part
+        // drawn: the body's polls (each a `Pending` inside an enter), or
+        // the unwind's.
+        let (done, full) = execute(p, multi, usize::MAX);
+        prop_assert!(done.is_some());
+        let all: Vec<usize> = (0..p.items.len()).collect();
+        let body = if p.body_fails { vec!["body".to_owned()] } else { vec![] };
+        prop_assert_eq!(&full.runs, &expected(p, &all, body.clone()), "uncancelled");
+        // The body returns during its last poll, which begins the unwind:
+        // dropped after polls 1 to body_polls - 1, the scope is cut in the
+        // body; after body_polls to polls - 1, in the unwind.
+        let (first, count) = if p.in_body {
+            (1, full.body_polls.saturating_sub(1))
+        } else {
+            (full.body_polls, full.polls - full.body_polls)
+        };
+        if count == 0 {
+            return Ok(()); // no poll of that part ends pending
+        }
+        let polls = first + p.at.index(count);
+        let (outcome, s) = execute(p, multi, polls);
+        prop_assert!(outcome.is_none(), "cancelled after {} polls", polls);
+        share.cases.fetch_add(1, Ordering::Relaxed);
+
+        // Exactly one exit per completed enter and per registered exit;
+        // none for an enter dropped before its finished part.
+        let mut ran: Vec<usize> = s.runs.iter().map(|(i, _)| *i).collect();
+        ran.sort_unstable();
+        let mut owed: Vec<usize> = s.registered.iter().copied().chain(s.produced.iter().copied()).collect();
+        owed.sort_unstable();
+        owed.dedup();
+        prop_assert_eq!(&ran, &owed, "one exit per registered or produced resource");
+
+        if s.body_returned {
+            // In the unwind: shielded, nothing told changes.
+            share.mid_unwind.fetch_add(1, Ordering::Relaxed);
+            prop_assert_eq!(&s.runs, &full.runs, "a cancelled unwind tells what it would have told");
+        } else {
+            share.in_enter.fetch_add(1, Ordering::Relaxed);
+            // In the body, inside the enter of the first unregistered item:
+            // its resource, if produced, is told its enter was cancelled,
+            // and runs before every older entry; the older entries are told
+            // the scope was abandoned.
+            let cut = s.registered.len();
+            prop_assert!(p.items[cut].enter, "the body awaits only enters");
+            let mut rest = s.runs.clone();
+            if s.produced.contains(&cut) {
+                prop_assert_eq!(&rest[0], &(cut, "enter cancelled".to_owned()));
+                rest.remove(0);
+            }
+            prop_assert_eq!(&rest, &expected(p, &s.registered, vec!["abandoned".to_owned()]));
+        }
+        Ok(())
+    }
+}
+
+fn enters_run(multi: bool) {
+    let share = Share::default();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases() / 4,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    if let Err(e) = runner.run(&enters::program(), |p| enters::check(&p, multi, &share)) {
+        panic!("{e}");
+    }
+    let cases = share.cases.load(Ordering::Relaxed).max(1) as f64;
+    let (in_enter, mid) = (
+        share.in_enter.load(Ordering::Relaxed) as f64,
+        share.mid_unwind.load(Ordering::Relaxed) as f64,
+    );
+    eprintln!(
+        "enter model ({}): {cases} cancel cases, {in_enter} inside an enter, {mid} inside the unwind",
+        if multi { "multi_thread" } else { "current_thread" }
+    );
+    assert!(in_enter / cases >= 0.25, "too few cancel points inside enters");
+    assert!(mid / cases >= 0.25, "too few cancel points inside unwinds");
+}
+
+#[test]
+fn cancels_inside_enters_and_unwinds_keep_one_exit_per_resource_current_thread() {
+    enters_run(false);
+}
+
+#[test]
+fn cancels_inside_enters_and_unwinds_keep_one_exit_per_resource_multi_thread() {
+    enters_run(true);
 }
