@@ -263,11 +263,13 @@ pub mod sqlx {
 /// `deadpool::managed::Object<M>` implements [`AsyncExit`] when its
 /// connection type does (returned to the pool on success, detached and
 /// closed otherwise); [`DetachOnError`](deadpool::DetachOnError) serves
-/// connection types without an exit.
+/// connection types without an exit; [`get`](deadpool::get) checks an
+/// object out as an enter whose connection, cut short mid-creation, is
+/// finished and pooled.
 #[cfg(feature = "deadpool")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
 pub mod deadpool {
-    pub use crate::integrations::deadpool::DetachOnError;
+    pub use crate::integrations::deadpool::{DetachOnError, Get, get};
 }
 pub use background::drain;
 pub use error::{BoxError, Error};

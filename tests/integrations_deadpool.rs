@@ -401,3 +401,179 @@ async fn a_pooled_tls_connection_that_saw_an_error_ends_with_close_notify() {
         "the connection of the last succeeded request is pooled"
     );
 }
+
+/// deadpool checkouts of TLS connections, entered with
+/// `tokio_exit_stack::deadpool::get` and cut short.
+#[cfg(feature = "rustls")]
+mod cut_short {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+    use tokio_exit_stack::{AsyncExitStack, deadpool::get, drain};
+    use tokio_rustls::client::TlsStream;
+
+    use super::*;
+
+    struct TlsBackend {
+        addr: std::net::SocketAddr,
+        connector: tokio_rustls::TlsConnector,
+    }
+
+    impl Manager for TlsBackend {
+        type Type = TlsStream<TcpStream>;
+        type Error = std::io::Error;
+        async fn create(&self) -> std::io::Result<TlsStream<TcpStream>> {
+            let tcp = TcpStream::connect(self.addr).await?;
+            self.connector.connect(common::tls::localhost(), tcp).await
+        }
+        async fn recycle(&self, _: &mut TlsStream<TcpStream>, _: &Metrics) -> RecycleResult<std::io::Error> {
+            Ok(())
+        }
+    }
+
+    /// A TLS server that counts the connections it accepted and reports how
+    /// each ended: `Ok` after `close_notify`, `Err` otherwise (a handshake
+    /// cut off, a truncation).
+    async fn server() -> (
+        TlsBackend,
+        Arc<AtomicUsize>,
+        mpsc::UnboundedReceiver<Result<(), String>>,
+    ) {
+        let (connector, acceptor) = common::tls::configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let (report, endings) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, report) = (acceptor.clone(), report.clone());
+                tokio::spawn(async move {
+                    // A slower peer: the client's handshake always waits
+                    // for it at least once, whatever the flavour.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let ending = match acceptor.accept(tcp).await {
+                        Ok(mut tls) => {
+                            let mut buf = Vec::new();
+                            tls.read_to_end(&mut buf).await.map(|_| ()).map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(format!("handshake: {e}")),
+                    };
+                    let _ = report.send(ending);
+                });
+            }
+        });
+        (TlsBackend { addr, connector }, accepted, endings)
+    }
+
+    /// Closes every idle connection of `pool` through its exit.
+    async fn close_idle(pool: &Pool<TlsBackend>) {
+        let mut stack = AsyncExitStack::new();
+        let group = stack.enter_group();
+        for object in pool.retain(|_, _| false).removed {
+            group.push_resource(object);
+        }
+        stack.aclose().await.unwrap();
+    }
+
+    /// A checkout that must create its connection, cut short right after
+    /// its k-th `Pending`, for every k until one completes uncancelled, on a
+    /// new pool each time: every connection the server accepted finished
+    /// its handshake and, once the pool's idle connections are closed,
+    /// ended with `close_notify`; the connections made by cancelled
+    /// checkouts went back to their pools, never lent.
+    async fn a_checkout_cut_at_every_poll_finishes_its_connection() {
+        let (backend, accepted, mut endings) = server().await;
+        let backend = Arc::new(backend);
+        let mut k = 0;
+        let mut pooled = 0;
+        loop {
+            let pool = Pool::<TlsBackend>::builder(TlsBackend {
+                addr: backend.addr,
+                connector: backend.connector.clone(),
+            })
+            .max_size(4)
+            .build()
+            .unwrap();
+            let mut stack = AsyncExitStack::new();
+            let completed = common::cancel_after_pendings(stack.enter_async_context(get(&pool)), k)
+                .await
+                .map(|conn| conn.unwrap().get_ref().0.peer_addr().unwrap())
+                .is_some();
+            stack.aclose().await.unwrap(); // waits for a cut checkout's end
+            let status = pool.status();
+            if completed || k > 0 {
+                assert_eq!(status.size, 1, "k={k}: one connection, made once");
+                assert_eq!(status.available, 1, "k={k}: back in the pool, not detached");
+                pooled += 1;
+            } else {
+                assert_eq!(status.size, 0, "dropped unpolled: nothing made");
+            }
+            close_idle(&pool).await;
+            if completed {
+                break;
+            }
+            k += 1;
+            assert!(k < 1000, "the checkout completes uncancelled at some k");
+        }
+        assert!(k >= 2, "the checkout was cut mid-creation at least once ({k})");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            pooled,
+            "one connection per begun checkout"
+        );
+        for _ in 0..pooled {
+            let ending = tokio::time::timeout(Duration::from_secs(30), endings.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(ending, Ok(()), "ended with close_notify");
+        }
+        assert!(drain(Duration::from_secs(30)).await.is_complete());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_checkout_cut_at_every_poll_finishes_its_connection_current_thread() {
+        a_checkout_cut_at_every_poll_finishes_its_connection().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkout_cut_at_every_poll_finishes_its_connection_multi_thread() {
+        a_checkout_cut_at_every_poll_finishes_its_connection().await;
+    }
+
+    /// 100 checkouts cut short while waiting on a pool of 4 whose objects
+    /// are all lent: each leaves the queue (none waits on), the pool keeps
+    /// its 4 connections, and the server sees no new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkouts_cut_short_on_a_saturated_pool_leave_it_as_it_was() {
+        let (backend, accepted, _endings) = server().await;
+        let pool = Pool::<TlsBackend>::builder(backend).max_size(4).build().unwrap();
+        let mut held = AsyncExitStack::new();
+        for _ in 0..4 {
+            held.enter_async_context(get(&pool)).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        for _ in 0..100 {
+            let mut stack = AsyncExitStack::new();
+            assert!(
+                common::cancel_after_pendings(stack.enter_async_context(get(&pool)), 1)
+                    .await
+                    .is_none()
+            );
+            stack.aclose().await.unwrap();
+        }
+        let status = pool.status();
+        assert_eq!(status.size, 4);
+        assert_eq!(status.waiting, 0, "no cut checkout waits on: {status:?}");
+        held.aclose().await.unwrap();
+        assert_eq!(pool.status().available, 4, "all back");
+        assert_eq!(accepted.load(Ordering::SeqCst), 4, "no new connection");
+        close_idle(&pool).await;
+    }
+}

@@ -399,6 +399,9 @@ async fn tls_connect_cancelled_at_every_poll_ends_with_close_notify() {
         let connector = connector.clone();
         let connect = tokio_exit_stack::acquire(async move {
             let tcp = TcpStream::connect(addr).await?;
+            // Connected, not yet encrypted: always a point to cut at, even
+            // where the handshake would complete within one poll.
+            tokio::task::yield_now().await;
             connector.connect(localhost(), tcp).await
         });
         let entered =

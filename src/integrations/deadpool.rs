@@ -5,11 +5,12 @@ use std::any::type_name;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
-use ::deadpool::managed::{Manager, Object};
+use ::deadpool::managed::{Manager, Object, Pool, PoolError, TimeoutType, Timeouts};
 
-use crate::error::BoxError;
-use crate::traits::{AsyncExit, Flow, Pending};
+use crate::error::{AbandonCause, Abandoned, BoxError};
+use crate::traits::{AsyncEnter, AsyncExit, Entering, Finish, Flow, Pending};
 
 /// A pooled object whose connection has an exit of its own (a `TcpStream`,
 /// a TLS stream, a type of yours implementing [`AsyncExit`]):
@@ -29,6 +30,9 @@ use crate::traits::{AsyncExit, Flow, Pending};
 ///   scope a success for a transaction, not for this connection.
 /// * **no runtime left**: detached, then the connection's own best effort
 ///   ([`AsyncExit::abandon`]).
+/// * **an object produced by a checkout whose caller was cancelled**
+///   ([`get`], finished in the background): never lent to anyone, so it
+///   returns to the pool.
 ///
 /// For a connection type without an exit, wrap the object in
 /// [`DetachOnError`].
@@ -79,7 +83,7 @@ where
     M::Type: AsyncExit,
 {
     async fn exit(self: Box<Self>, pending: Pending) -> Result<Flow, BoxError> {
-        if !pending.saw_error() {
+        if !pending.saw_error() || never_lent(&pending) {
             drop(self); // back to the pool
             return Ok(Flow::Propagate);
         }
@@ -183,5 +187,128 @@ where
 
     fn abandon(self: Box<Self>) {
         drop(Object::take(self.0));
+    }
+}
+
+/// Whether `pending` says the object was produced by an enter whose caller
+/// was cancelled, so that no one ever used it.
+fn never_lent(pending: &Pending) -> bool {
+    pending
+        .downcast_ref::<Abandoned>()
+        .is_some_and(|a| a.cause == AbandonCause::EnterCancelled)
+}
+
+/// Checks an object out of `pool` when entered into a stack: the object
+/// returns to the pool when the scope succeeded and saw no error, and is
+/// detached and closed through its connection's exit otherwise (see the
+/// exit of [`Object`]).
+///
+/// It owns a clone of the pool (one atomic increment), so that a checkout
+/// cut short can be finished in the background.
+///
+/// # Cancel safety
+///
+/// * **the pool has room** (fewer checkouts in progress or held than its
+///   `max_size`): the checkout (taking an idle object and recycling it, or
+///   creating a new connection) is finished if the caller's future is
+///   dropped, so that a connection half made (a TLS handshake under way) is
+///   completed, never dropped half open; the object, which no one ever
+///   used, then returns to the pool. Costs one allocation (the checkout's
+///   future is boxed). Should another task take the room first, the
+///   checkout waits in line within that finished part, bounded by
+///   [`FINISH_TIMEOUT`](crate::finish::FINISH_TIMEOUT).
+/// * **the pool is full**: the checkout waits in deadpool's fair queue,
+///   and a caller cancelled while it waits leaves the queue at once (a dead
+///   waiter never keeps its place); a connection created right after such
+///   a wait (the freed slot was a discarded connection's) is dropped with
+///   the future, as deadpool's own `get` would.
+///
+/// deadpool's `Pool::get` is one future from its queue to the manager's
+/// `create`; the crate cannot tell from outside which of the two a
+/// checkout is in, so it decides by the pool's room when the checkout
+/// starts.
+///
+/// ```
+/// # #[cfg(feature = "net")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use deadpool::managed::{Manager, Metrics, Pool, RecycleResult};
+/// use tokio::net::TcpStream;
+/// use tokio_exit_stack::scope;
+///
+/// struct Backend(std::net::SocketAddr);
+///
+/// impl Manager for Backend {
+///     type Type = TcpStream;
+///     type Error = std::io::Error;
+///     async fn create(&self) -> std::io::Result<TcpStream> { TcpStream::connect(self.0).await }
+///     async fn recycle(&self, _: &mut TcpStream, _: &Metrics) -> RecycleResult<std::io::Error> { Ok(()) }
+/// }
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let pool = Pool::<Backend>::builder(Backend(listener.local_addr()?)).max_size(4).build()?;
+/// scope(async |stack| {
+///     let conn = stack.enter_async_context(tokio_exit_stack::deadpool::get(&pool)).await?;
+///     assert!(conn.peer_addr().is_ok());
+///     Ok(())
+/// })
+/// .await?;
+/// assert_eq!(pool.status().available, 1); // back in the pool
+/// # Ok(()) }
+/// # #[cfg(not(feature = "net"))] fn main() {}
+/// ```
+pub fn get<M: Manager>(pool: &Pool<M>) -> Get<M> {
+    Get { pool: pool.clone() }
+}
+
+/// A checkout from a deadpool pool, to enter into a stack: from [`get`].
+#[must_use = "a Get does nothing until it is entered into a stack"]
+pub struct Get<M: Manager> {
+    pool: Pool<M>,
+}
+
+impl<M: Manager> fmt::Debug for Get<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Get").field("pool", &self.pool.status()).finish()
+    }
+}
+
+impl<M> AsyncEnter for Get<M>
+where
+    M: Manager + 'static,
+    M::Type: AsyncExit,
+    M::Error: fmt::Display + Send + 'static,
+{
+    type Resource = Object<M>;
+    type Error = PoolError<M::Error>;
+
+    async fn enter(self) -> Result<Object<M>, PoolError<M::Error>> {
+        self.pool.get().await
+    }
+
+    async fn enter_finishing(self) -> Result<Entering<Object<M>, PoolError<M::Error>>, PoolError<M::Error>> {
+        let status = self.pool.status();
+        // Checkouts in progress or held: each holds a slot or waits for one.
+        let users = if status.available > 0 {
+            status.size - status.available
+        } else {
+            status.size + status.waiting
+        };
+        if users >= status.max_size {
+            // Full: wait in line, given up if cancelled.
+            return self.pool.get().await.map(Entering::Ready);
+        }
+        let pool = self.pool;
+        Ok(Entering::Finish(Finish::new(async move {
+            let now = Timeouts {
+                wait: Some(Duration::ZERO),
+                ..pool.timeouts()
+            };
+            match pool.timeout_get(&now).await {
+                // Another task took the room first.
+                Err(PoolError::Timeout(TimeoutType::Wait)) => pool.get().await,
+                done => done,
+            }
+        })))
     }
 }
