@@ -130,10 +130,11 @@ macro_rules! registering_methods {
         /// cancelled enter that is finished in the background has no key:
         /// its resource is released, never handed out.
         #[track_caller]
+        #[allow(clippy::type_complexity)]
         pub fn enter_keyed<C: $crate::AsyncEnter>(
             &self,
             cm: C,
-        ) -> impl std::future::Future<Output = Result<$crate::register::Keyed<'_, C::Resource>, C::Error>> {
+        ) -> impl std::future::Future<Output = Result<($crate::Key<C::Resource>, &mut C::Resource), C::Error>> {
             self.entry().enter_keyed(cm)
         }
 
@@ -357,6 +358,10 @@ impl<'s> EntryBuilder<'s> {
     ) -> impl Future<Output = Result<&'s mut C::Resource, C::Error>> + use<'s, C> {
         let site = Location::caller();
         async move {
+            if !C::FINISHES {
+                let resource = cm.enter().await?;
+                return Ok(self.registry.register_async(resource, self.options));
+            }
             let (resource, options) = entered(self.registry, self.options, cm.enter_finishing(), site).await?;
             Ok(self.registry.register_async(resource, options))
         }
@@ -388,12 +393,17 @@ impl<'s> EntryBuilder<'s> {
 
     /// [`AsyncExitStack::enter_keyed`](crate::AsyncExitStack::enter_keyed) with these options.
     #[track_caller]
+    #[allow(clippy::type_complexity)]
     pub fn enter_keyed<C: AsyncEnter>(
         self,
         cm: C,
-    ) -> impl Future<Output = Result<Keyed<'s, C::Resource>, C::Error>> + use<'s, C> {
+    ) -> impl Future<Output = Result<(Key<C::Resource>, &'s mut C::Resource), C::Error>> + use<'s, C> {
         let site = Location::caller();
         async move {
+            if !C::FINISHES {
+                let resource = cm.enter().await?;
+                return Ok(self.push_keyed(resource));
+            }
             let Self { registry, options } = self;
             let (resource, options) = entered(registry, options, cm.enter_finishing(), site).await?;
             Ok(Self { registry, options }.push_keyed(resource))
@@ -445,9 +455,6 @@ impl<'s> EntryBuilder<'s> {
         self.registry.register_sync(CallbackFn(callback), self.options);
     }
 }
-
-/// A keyed resource, lent: what `enter_keyed` gives.
-pub(crate) type Keyed<'s, T> = (Key<T>, &'s mut T);
 
 /// An [`EntryBuilder`] whose enter is finished if its caller is cancelled:
 /// from [`EntryBuilder::finish_on_cancel`].

@@ -194,6 +194,11 @@ impl AsyncExitStack {
     /// them. Stacks made by [`pop_all`](Self::pop_all) keep the tracker.
     /// Costs one reference count.
     ///
+    /// Not covered: the background finish of an enter cut short (see
+    /// [`finish`](crate::finish)) is tracked by `drain`, whatever the
+    /// stack's tracker; the entry it leaves on the stack waits for it, so
+    /// the stack's own cleanup still ends after it.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {

@@ -416,7 +416,8 @@ pub trait AsyncExit: Send + 'static {
 /// drops what it had half acquired: a connection mid-handshake, a `BEGIN`
 /// sent and not yet acknowledged. An enter whose second half leaves state
 /// behind can opt in to having that half finished when it is cancelled,
-/// by implementing [`enter_finishing`](Self::enter_finishing): it runs the
+/// by implementing [`enter_finishing`](Self::enter_finishing) (and setting
+/// [`FINISHES`](Self::FINISHES) to `true`): it runs the
 /// part that may be dropped (waiting for a pool slot, a permit, a lock:
 /// a dead waiter must not keep its place in a queue), then hands over the
 /// rest as a [`Finish`]. If the caller's future is dropped while that rest
@@ -443,18 +444,28 @@ pub trait AsyncEnter: Send + Sized {
     /// What a failed enter returns, unchanged, to the caller.
     type Error;
 
+    /// `true` when the stack is to enter through
+    /// [`enter_finishing`](Self::enter_finishing) instead of
+    /// [`enter`](Self::enter): set it where you implement
+    /// `enter_finishing`. `false` by default, so that an enter that does
+    /// not opt in costs nothing for it.
+    const FINISHES: bool = false;
+
     /// Produces the resource.
     fn enter(self) -> impl Future<Output = Result<Self::Resource, Self::Error>> + Send;
 
     /// Produces the resource, or the part of entering that must be
     /// finished even if the caller's future is dropped from here on (see
-    /// "An enter cut short" above). The stack's entering methods call this.
+    /// "An enter cut short" above). The stack's entering methods call this
+    /// instead of [`enter`](Self::enter) when
+    /// [`FINISHES`](Self::FINISHES) is `true`.
     ///
     /// The default runs [`enter`](Self::enter) and returns
     /// [`Entering::Ready`]: the whole enter is dropped on cancellation, as
-    /// any future is. Override it for an enter whose later part leaves
-    /// state behind (the crate's `sqlx::begin` does: the pool slot is
-    /// awaited here, the `BEGIN` on the owned connection is finished).
+    /// any future is. Override it (and set `FINISHES`) for an enter whose
+    /// later part leaves state behind (the crate's `sqlx::begin` does: the
+    /// pool slot is awaited here, the `BEGIN` on the owned connection is
+    /// finished).
     fn enter_finishing(
         self,
     ) -> impl Future<Output = Result<Entering<Self::Resource, Self::Error>, Self::Error>> + Send {

@@ -53,6 +53,8 @@ impl AsyncEnter for TwoPart {
     type Resource = Probe;
     type Error = io::Error;
 
+    const FINISHES: bool = true;
+
     async fn enter(self) -> io::Result<Probe> {
         self.gate.await.map_err(io::Error::other)??;
         Ok(Probe(self.log))

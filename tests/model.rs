@@ -812,6 +812,8 @@ mod enters {
         type Resource = Resource;
         type Error = std::io::Error;
 
+        const FINISHES: bool = true;
+
         async fn enter(self) -> std::io::Result<Resource> {
             Ok(self.0)
         }

@@ -282,6 +282,8 @@ where
     type Resource = Object<M>;
     type Error = PoolError<M::Error>;
 
+    const FINISHES: bool = true;
+
     async fn enter(self) -> Result<Object<M>, PoolError<M::Error>> {
         self.pool.get().await
     }

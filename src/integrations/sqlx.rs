@@ -150,6 +150,8 @@ impl<DB: Database> AsyncEnter for Begin<DB> {
     type Resource = Transaction<'static, DB>;
     type Error = ::sqlx::Error;
 
+    const FINISHES: bool = true;
+
     async fn enter(self) -> Result<Transaction<'static, DB>, ::sqlx::Error> {
         self.pool.begin().await
     }
