@@ -165,11 +165,7 @@ async fn a_cancelled_enter_past_its_bound_is_dropped_with_a_warn_naming_it() {
         "the close waited for the bound, no longer"
     );
     assert!(log.get().is_empty());
-    let warns: Vec<_> = capture
-        .events()
-        .into_iter()
-        .filter(|e| e.level == tracing::Level::WARN)
-        .collect();
+    let warns: Vec<_> = capture.at(tracing::Level::WARN);
     assert_eq!(warns.len(), 1, "{warns:#?}");
     assert!(warns[0].message.contains("did not finish within its bound"));
     assert_eq!(warns[0].field("resource"), Some("stuck handshake"));
@@ -228,33 +224,10 @@ fn a_cancelled_enter_lost_to_shutdown_is_reported_and_counted() {
         assert!(common::cancel_after_pendings(entering, 1).await.is_none());
         stack
     });
-    let (waiting, started) = std::sync::mpsc::channel();
-    let watcher = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let mut report = std::pin::pin!(drain(Duration::from_secs(60)));
-                std::future::poll_fn(|cx| {
-                    assert!(report.as_mut().poll(cx).is_pending());
-                    std::task::Poll::Ready(())
-                })
-                .await;
-                waiting.send(()).unwrap();
-                report.await
-            })
-    });
-    started.recv().unwrap();
-    drop(doomed);
-    let report = watcher.join().unwrap();
+    let report = common::drain_during(|| drop(doomed));
     assert_eq!(report.lost, 1, "{report:?} {:#?}", capture.events());
     drop(open);
-    let errors: Vec<_> = capture
-        .events()
-        .into_iter()
-        .filter(|e| e.level == tracing::Level::ERROR)
-        .collect();
+    let errors: Vec<_> = capture.at(tracing::Level::ERROR);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(errors[0].field("resource"), Some("half-open session"));
     // The entry kept on the stack does not wait for a task that is gone.
@@ -282,11 +255,7 @@ fn a_cancelled_enter_dropped_outside_any_runtime_is_dropped_with_a_warn() {
         let capture = Capture::default();
         let _guard = capture.install();
         drop(entering);
-        let warns: Vec<_> = capture
-            .events()
-            .into_iter()
-            .filter(|e| e.level == tracing::Level::WARN)
-            .collect();
+        let warns: Vec<_> = capture.at(tracing::Level::WARN);
         assert_eq!(warns.len(), 1, "{warns:#?}");
         assert!(warns[0].message.contains("no runtime"));
     }

@@ -319,6 +319,32 @@ async fn detach_on_error_returns_on_success_and_detaches_on_failure() {
     assert_eq!(pool.status().size, 0, "the object that saw the failure is gone");
 }
 
+/// Pooled TLS connections to a local server: `TlsStream` has its own exit
+/// (`rustls`).
+#[cfg(feature = "rustls")]
+mod tls_backend {
+    use deadpool::managed::{Manager, Metrics, RecycleResult};
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+
+    pub(crate) struct TlsBackend {
+        pub(crate) addr: std::net::SocketAddr,
+        pub(crate) connector: tokio_rustls::TlsConnector,
+    }
+
+    impl Manager for TlsBackend {
+        type Type = TlsStream<TcpStream>;
+        type Error = std::io::Error;
+        async fn create(&self) -> std::io::Result<TlsStream<TcpStream>> {
+            let tcp = TcpStream::connect(self.addr).await?;
+            self.connector.connect(crate::common::tls::localhost(), tcp).await
+        }
+        async fn recycle(&self, _: &mut TlsStream<TcpStream>, _: &Metrics) -> RecycleResult<std::io::Error> {
+            Ok(())
+        }
+    }
+}
+
 /// A pool of TLS connections (deadpool over tokio-rustls): a connection
 /// whose request failed is detached and closed through the TLS stream's
 /// own exit, so the backend reads a clean TLS closure, never a truncation;
@@ -326,26 +352,10 @@ async fn detach_on_error_returns_on_success_and_detaches_on_failure() {
 #[cfg(feature = "rustls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_tls_connection_that_saw_an_error_ends_with_close_notify() {
+    use tls_backend::TlsBackend;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
     use tokio_exit_stack::acquire;
-    use tokio_rustls::client::TlsStream;
-
-    struct TlsBackend {
-        addr: std::net::SocketAddr,
-        connector: tokio_rustls::TlsConnector,
-    }
-    impl Manager for TlsBackend {
-        type Type = TlsStream<TcpStream>;
-        type Error = std::io::Error;
-        async fn create(&self) -> std::io::Result<TlsStream<TcpStream>> {
-            let tcp = TcpStream::connect(self.addr).await?;
-            self.connector.connect(common::tls::localhost(), tcp).await
-        }
-        async fn recycle(&self, _: &mut TlsStream<TcpStream>, _: &Metrics) -> RecycleResult<std::io::Error> {
-            Ok(())
-        }
-    }
 
     let (connector, acceptor) = common::tls::configs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -411,29 +421,12 @@ mod cut_short {
     use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
     use tokio::sync::mpsc;
     use tokio_exit_stack::{AsyncExitStack, deadpool::get, drain};
-    use tokio_rustls::client::TlsStream;
 
     use super::*;
-
-    struct TlsBackend {
-        addr: std::net::SocketAddr,
-        connector: tokio_rustls::TlsConnector,
-    }
-
-    impl Manager for TlsBackend {
-        type Type = TlsStream<TcpStream>;
-        type Error = std::io::Error;
-        async fn create(&self) -> std::io::Result<TlsStream<TcpStream>> {
-            let tcp = TcpStream::connect(self.addr).await?;
-            self.connector.connect(common::tls::localhost(), tcp).await
-        }
-        async fn recycle(&self, _: &mut TlsStream<TcpStream>, _: &Metrics) -> RecycleResult<std::io::Error> {
-            Ok(())
-        }
-    }
+    use tls_backend::TlsBackend;
 
     /// A TLS server that counts the connections it accepted and reports how
     /// each ended: `Ok` after `close_notify`, `Err` otherwise (a handshake

@@ -278,62 +278,41 @@ both_flavours! {
         common::eventually("the body's entry ran", || !log.get().is_empty()).await;
         assert_eq!(log.take(), ["body-entry abandoned: Cancelled"], "a scope cancelled in its body is told Cancelled");
 
-        // Cancelled during the unwind, with an exit in flight.
-        let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (tx, done) = oneshot::channel();
-        let (s, g, r, l) = (started.clone(), gate.clone(), runs.clone(), log.clone());
-        let unwinding = scope(async move |stack| {
-            stack.push_async_callback(move || async move {
-                let _ = tx.send(());
+        // Cancelled during the unwind, with an exit in flight, after a body
+        // that returned `Ok`, then after one that failed: the exit that had
+        // not started is told the body's outcome, detached.
+        for (body_fails, told) in [(false, "older ok (detached)"), (true, "older error (detached)")] {
+            let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+            let runs = Arc::new(AtomicUsize::new(0));
+            let (tx, done) = oneshot::channel();
+            let (s, g, r, l) = (started.clone(), gate.clone(), runs.clone(), log.clone());
+            let unwinding = scope(async move |stack| {
+                stack.push_async_callback(move || async move {
+                    let _ = tx.send(());
+                });
+                record(stack, "older", &l);
+                stack.push_async_callback(move || async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    s.notify_one();
+                    g.notified().await;
+                });
+                if body_fails {
+                    Err::<(), BoxError>("payment declined".into())
+                } else {
+                    Ok(())
+                }
             });
-            record(stack, "older", &l);
-            stack.push_async_callback(move || async move {
-                r.fetch_add(1, Ordering::SeqCst);
-                s.notify_one();
-                g.notified().await;
-            });
-            Ok::<_, BoxError>(())
-        });
-        let cancelled = tokio::select! {
-            biased;
-            _ = unwinding => false,
-            () = started.notified() => true,
-        };
-        assert!(cancelled, "the scope was cancelled mid-unwind");
-        gate.notify_one();
-        done.await.unwrap();
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "the in-flight exit ran once");
-        assert_eq!(
-            log.take(),
-            ["older ok (detached)"],
-            "the body returned Ok: the exit that had not started is told so"
-        );
-
-        // The same with a body that failed: the exits are told its error.
-        let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let (tx, done) = oneshot::channel();
-        let (s, g, l) = (started.clone(), gate.clone(), log.clone());
-        let unwinding = scope(async move |stack| {
-            stack.push_async_callback(move || async move {
-                let _ = tx.send(());
-            });
-            record(stack, "older", &l);
-            stack.push_async_callback(move || async move {
-                s.notify_one();
-                g.notified().await;
-            });
-            Err::<(), BoxError>("payment declined".into())
-        });
-        let cancelled = tokio::select! {
-            biased;
-            _ = unwinding => false,
-            () = started.notified() => true,
-        };
-        assert!(cancelled, "the scope was cancelled mid-unwind");
-        gate.notify_one();
-        done.await.unwrap();
-        assert_eq!(log.take(), ["older error (detached)"]);
+            let cancelled = tokio::select! {
+                biased;
+                _ = unwinding => false,
+                () = started.notified() => true,
+            };
+            assert!(cancelled, "the scope was cancelled mid-unwind");
+            gate.notify_one();
+            done.await.unwrap();
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "the in-flight exit ran once");
+            assert_eq!(log.take(), [told]);
+        }
     }
 }
 

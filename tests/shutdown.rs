@@ -136,23 +136,7 @@ fn s23_a_drain_on_another_runtime_counts_cleanups_lost_to_a_shutdown_during_its_
         }
         tokio::task::yield_now().await;
     });
-    let (waiting, started) = std::sync::mpsc::channel();
-    let watcher = std::thread::spawn(move || {
-        runtime(false).block_on(async move {
-            let mut report = std::pin::pin!(drain(Duration::from_secs(60)));
-            // One poll starts the wait; then the other runtime may go.
-            std::future::poll_fn(|cx| {
-                assert!(report.as_mut().poll(cx).is_pending());
-                std::task::Poll::Ready(())
-            })
-            .await;
-            waiting.send(()).unwrap();
-            report.await
-        })
-    });
-    started.recv().unwrap();
-    drop(doomed);
-    let report = watcher.join().unwrap();
+    let report = common::drain_during(|| drop(doomed));
     assert_eq!(
         report,
         DrainReport {
@@ -271,11 +255,7 @@ fn s35_a_cleanup_lost_with_no_runtime_gives_that_reason() {
     let stack = common::cancellable();
     stack.entry().label("needs a runtime").push_async_callback(|| async {});
     drop(stack);
-    let lost: Vec<_> = capture
-        .events()
-        .into_iter()
-        .filter(|e| e.level == tracing::Level::ERROR)
-        .collect();
+    let lost: Vec<_> = capture.at(tracing::Level::ERROR);
     assert_eq!(lost.len(), 1);
     assert!(
         lost[0].field("reason").unwrap().contains("no tokio runtime"),
@@ -348,22 +328,7 @@ fn a_stack_lost_to_shutdown_inside_a_nested_stack_is_one_error_and_one_loss() {
             // Let the background cleanup reach the inner stack's exit.
             tokio::time::sleep(Duration::from_millis(50)).await;
         });
-        let (waiting, started) = std::sync::mpsc::channel();
-        let watcher = std::thread::spawn(move || {
-            runtime(false).block_on(async move {
-                let mut report = std::pin::pin!(drain(Duration::from_secs(60)));
-                std::future::poll_fn(|cx| {
-                    assert!(report.as_mut().poll(cx).is_pending());
-                    std::task::Poll::Ready(())
-                })
-                .await;
-                waiting.send(()).unwrap();
-                report.await
-            })
-        });
-        started.recv().unwrap();
-        drop(doomed);
-        let report = watcher.join().unwrap();
+        let report = common::drain_during(|| drop(doomed));
         assert_eq!(
             report,
             DrainReport {
@@ -379,11 +344,7 @@ fn a_stack_lost_to_shutdown_inside_a_nested_stack_is_one_error_and_one_loss() {
             // sees only this thread's events: the count above is the check.
             continue;
         }
-        let errors: Vec<_> = capture
-            .events()
-            .into_iter()
-            .filter(|e| e.level == tracing::Level::ERROR)
-            .collect();
+        let errors: Vec<_> = capture.at(tracing::Level::ERROR);
         assert_eq!(errors.len(), 1, "one ERROR event for one lost stack: {errors:#?}");
         let not_run = errors[0].field("not_run").unwrap();
         assert!(not_run.contains("AsyncExitStack"), "{not_run}");

@@ -109,6 +109,10 @@ impl Capture {
     pub fn events(&self) -> Vec<Captured> {
         self.0.lock().unwrap().clone()
     }
+    /// The events captured at `level`.
+    pub fn at(&self, level: Level) -> Vec<Captured> {
+        self.events().into_iter().filter(|e| e.level == level).collect()
+    }
     pub fn spans(&self) -> Vec<CapturedSpan> {
         self.1.lock().unwrap().clone()
     }
@@ -317,4 +321,31 @@ pub async fn cancel_after_pendings<F: std::future::Future>(future: F, k: usize) 
         }
     })
     .await
+}
+
+/// Runs `during` (a runtime's shutdown, say) while a `drain` waits on a
+/// runtime of its own, on another thread, and returns that drain's
+/// report: what ended during `during`, lost cleanups included.
+pub fn drain_during(during: impl FnOnce()) -> tokio_exit_stack::background::DrainReport {
+    let (waiting, started) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let mut report = std::pin::pin!(tokio_exit_stack::drain(std::time::Duration::from_secs(60)));
+                // One poll starts the wait; then `during` may run.
+                std::future::poll_fn(|cx| {
+                    assert!(report.as_mut().poll(cx).is_pending());
+                    std::task::Poll::Ready(())
+                })
+                .await;
+                waiting.send(()).unwrap();
+                report.await
+            })
+    });
+    started.recv().unwrap();
+    during();
+    watcher.join().unwrap()
 }
