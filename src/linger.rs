@@ -6,19 +6,34 @@ use std::future::Future;
 use std::time::Duration;
 
 /// The default bound on how many unread bytes closing a stream reads and
-/// discards ([`Linger::drain_limit`]). Past it the stream is closed anyway
-/// (the peer may then see a reset).
+/// discards ([`Linger::drain_limit`]): one mebibyte (1,048,576 bytes).
+/// Past it the stream is closed anyway (the peer may then see a reset).
+///
+/// ```
+/// assert_eq!(tokio_exit_stack::linger::DRAIN_LIMIT, 1024 * 1024);
+/// ```
 pub const DRAIN_LIMIT: usize = 1 << 20;
 
 /// The default bound on how long closing a stream waits for the peer's EOF
 /// while discarding unread input, a "lingering close"
-/// ([`Linger::drain_timeout`]). A peer that neither writes nor closes
-/// costs this much; one that closes costs a round trip.
+/// ([`Linger::drain_timeout`]): 250 milliseconds. A peer that neither
+/// writes nor closes costs this much; one that closes costs a round trip.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(tokio_exit_stack::linger::DRAIN_TIMEOUT, Duration::from_millis(250));
+/// ```
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// The default bound on how long a `BufWriter` or `BufStream` exit may
-/// spend flushing and shutting down ([`Linger::flush_timeout`]): a peer
-/// that never reads cannot hang the unwind longer than this.
+/// The default bound on how long a `BufWriter`, `BufStream` or TLS stream
+/// exit may spend flushing and shutting down ([`Linger::flush_timeout`]):
+/// five seconds. A peer that never reads cannot hang the unwind longer
+/// than this.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(tokio_exit_stack::linger::FLUSH_TIMEOUT, Duration::from_secs(5));
+/// ```
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bounds of a stream's close: how long its buffered output may take
@@ -80,7 +95,20 @@ pub struct Linger {
 }
 
 impl Linger {
-    /// [`FLUSH_TIMEOUT`], [`DRAIN_TIMEOUT`], [`DRAIN_LIMIT`].
+    /// [`FLUSH_TIMEOUT`] (5 s), [`DRAIN_TIMEOUT`] (250 ms),
+    /// [`DRAIN_LIMIT`] (1 MiB): what a stream entry closes with when
+    /// neither it nor its stack sets bounds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio_exit_stack::linger::Linger;
+    ///
+    /// let Linger { flush_timeout, drain_timeout, drain_limit } = Linger::DEFAULT;
+    /// assert_eq!(flush_timeout, Duration::from_secs(5));
+    /// assert_eq!(drain_timeout, Duration::from_millis(250));
+    /// assert_eq!(drain_limit, 1024 * 1024);
+    /// assert_eq!(Linger::default(), Linger::DEFAULT);
+    /// ```
     pub const DEFAULT: Linger = Linger {
         flush_timeout: FLUSH_TIMEOUT,
         drain_timeout: DRAIN_TIMEOUT,

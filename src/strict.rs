@@ -12,7 +12,12 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// Strict mode: 0 = not decided yet, 1 = off, 2 = on.
 static STRICT: AtomicU8 = AtomicU8::new(0);
 
-/// The environment variable that turns strict mode on (`1` or `true`).
+/// The environment variable that turns strict mode on (`1` or `true`):
+/// `TOKIO_EXIT_STACK_STRICT`.
+///
+/// ```
+/// assert_eq!(tokio_exit_stack::strict::ENV, "TOKIO_EXIT_STACK_STRICT");
+/// ```
 pub const ENV: &str = "TOKIO_EXIT_STACK_STRICT";
 
 /// Turns strict mode on or off for the whole process.
