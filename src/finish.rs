@@ -98,7 +98,17 @@ impl<R: AsyncExit, E> Future for Finishing<'_, R, E> {
         let Some(finish) = this.finish.as_mut() else {
             return Poll::Pending; // polled after it ended: never, from this crate
         };
-        let result = std::task::ready!(finish.future.as_mut().poll(cx));
+        let polled = match catch_unwind(AssertUnwindSafe(|| finish.future.as_mut().poll(cx))) {
+            Ok(polled) => polled,
+            Err(payload) => {
+                // The enter panicked in its caller's future: the panic is the
+                // caller's, as any enter's is; a future that panicked is not
+                // finished in the background.
+                this.finish = None;
+                std::panic::resume_unwind(payload);
+            }
+        };
+        let result = std::task::ready!(polled);
         this.finish = None;
         Poll::Ready((result, this.options.take()))
     }

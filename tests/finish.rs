@@ -262,3 +262,40 @@ fn a_cancelled_enter_dropped_outside_any_runtime_is_dropped_with_a_warn() {
     assert!(stack.is_empty(), "nothing kept: nothing runs in the background");
     assert!(log.get().is_empty());
 }
+
+/// An enter whose part to finish panics in its caller's future: the panic
+/// is the caller's, as any enter's, and the future that panicked is not
+/// finished in the background (nothing left on the stack, no event).
+#[tokio::test(flavor = "current_thread")]
+async fn an_enter_that_panics_in_its_callers_future_is_not_finished_in_the_background() {
+    struct Panicking;
+
+    impl AsyncEnter for Panicking {
+        type Resource = Probe;
+        type Error = io::Error;
+
+        const FINISHES: bool = true;
+
+        async fn enter(self) -> io::Result<Probe> {
+            unreachable!("entered through enter_finishing")
+        }
+
+        async fn enter_finishing(self) -> io::Result<Entering<Probe, io::Error>> {
+            Ok(Entering::Finish(Finish::new(async {
+                tokio::task::yield_now().await;
+                panic!("enter panicked");
+            })))
+        }
+    }
+
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let mut stack = AsyncExitStack::new();
+    let entering = std::panic::AssertUnwindSafe(stack.enter_async_context(Panicking));
+    let panicked = futures_util::FutureExt::catch_unwind(entering).await;
+    assert!(panicked.is_err(), "the caller sees the panic");
+    assert!(stack.is_empty(), "nothing kept: nothing runs in the background");
+    stack.aclose().await.unwrap();
+    assert!(capture.events().is_empty(), "{:#?}", capture.events());
+}
